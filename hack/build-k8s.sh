@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Builds the Kubernetes components Modelship's local cluster runs, from Go modules, once per version.
+#
+# No release binaries can be downloaded here, so each component is compiled from the Go module
+# proxy. k8s.io/kubernetes replaces its staging modules with local paths in its own go.mod, which Go
+# ignores for dependencies; a throwaway module pins every staging module to the matching v0.Y.Z tag.
+#
+# Usage: hack/build-k8s.sh [component ...]   (default: etcd kube-apiserver kube-controller-manager)
+# Output: $MODELSHIP_CACHE/bin/<component>-<version> (default cache: ~/.cache/modelship)
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.5.35}"
+CACHE="${MODELSHIP_CACHE:-$HOME/.cache/modelship}"
+BIN="$CACHE/bin"
+mkdir -p "$BIN"
+
+components=("$@")
+[ ${#components[@]} -gt 0 ] || components=(etcd kube-apiserver kube-controller-manager)
+
+log() { printf '[build-k8s] %s\n' "$*" >&2; }
+
+# go build -v prints each package as it is compiled: count them so a long build shows it is alive.
+progress() {
+  local name=$1 n=0 line
+  while IFS= read -r line; do
+    case "$line" in
+      *": "*|*error*|*cannot*|"#"*) printf '%s\n' "$line" >&2 ;;
+      *) n=$((n + 1)); if [ $((n % 100)) -eq 0 ]; then log "$name: $n packages compiled"; fi ;;
+    esac
+  done
+  log "$name: $n packages compiled"
+}
+
+build_module() {  # build_module <name> <workdir> <package> <output>
+  local name=$1 dir=$2 pkg=$3 out=$4 start=$SECONDS
+  log "building $name from $pkg (first build takes several minutes; cached afterwards)"
+  (cd "$dir" && CGO_ENABLED=0 go build -v -trimpath -ldflags "-s -w $5" -o "$out.tmp" "$pkg" 2>&1) | progress "$name"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { log "$name: build failed"; exit 1; }
+  mv "$out.tmp" "$out"
+  log "$name built in $((SECONDS - start))s -> $out"
+}
+
+k8s_workdir() {
+  local dir="$CACHE/src/k8s-$K8S_VERSION"
+  if [ ! -f "$dir/go.sum.v2" ]; then
+    log "resolving k8s.io/kubernetes@$K8S_VERSION and its staging modules"
+    rm -rf "$dir" && mkdir -p "$dir"
+    local gomod
+    gomod=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    local staging_version="v0${K8S_VERSION#v1}"
+    {
+      echo "module modelship.local/k8sbuild"
+      echo
+      echo "go 1.24"
+      echo
+      echo "require k8s.io/kubernetes $K8S_VERSION"
+      echo
+      echo "replace ("
+      sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\t\1 => \1 '"$staging_version"'#p' "$gomod"
+      echo ")"
+    } > "$dir/go.mod"
+    # Import every component we build so that `go mod tidy` records all of their dependencies.
+    {
+      printf 'package tools\n\nimport (\n'
+      for app in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+        printf '\t_ "k8s.io/kubernetes/cmd/%s/app"\n' "$app"
+      done
+      printf '\t_ "k8s.io/kubectl/pkg/cmd"\n)\n'
+    } > "$dir/tools.go"
+    (cd "$dir" && go mod tidy >&2)
+    touch "$dir/go.sum.v2"
+  fi
+  echo "$dir"
+}
+
+etcd_workdir() {
+  local dir="$CACHE/src/etcd-$ETCD_VERSION"
+  if [ ! -f "$dir/go.sum.done" ]; then
+    log "resolving go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    rm -rf "$dir" && mkdir -p "$dir"
+    printf 'module modelship.local/etcdbuild\n\ngo 1.24\n' > "$dir/go.mod"
+    printf 'package tools\n\nimport _ "go.etcd.io/etcd/server/v3/etcdmain"\n' > "$dir/tools.go"
+    (cd "$dir" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 && go mod tidy >&2)
+    touch "$dir/go.sum.done"
+  fi
+  echo "$dir"
+}
+
+for c in "${components[@]}"; do
+  case "$c" in
+    etcd)
+      out="$BIN/etcd-$ETCD_VERSION"
+      [ -x "$out" ] && { log "etcd $ETCD_VERSION cached"; continue; }
+      build_module etcd "$(etcd_workdir)" go.etcd.io/etcd/server/v3 "$out" ""
+      ;;
+    kube-*|kubectl|kubelet)
+      out="$BIN/$c-$K8S_VERSION"
+      [ -x "$out" ] && { log "$c $K8S_VERSION cached"; continue; }
+      v="k8s.io/component-base/version"
+      ld="-X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
+      build_module "$c" "$(k8s_workdir)" "k8s.io/kubernetes/cmd/$c" "$out" "$ld"
+      ;;
+    *) log "unknown component: $c"; exit 2 ;;
+  esac
+done

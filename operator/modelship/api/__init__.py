@@ -1,0 +1,1 @@
+"""The ModelDeployment API types: pure pydantic, importable without kopf, kubernetes or onnxruntime."""

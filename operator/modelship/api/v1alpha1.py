@@ -1,0 +1,675 @@
+"""The ModelDeployment API, ``modelship.io/v1alpha1``: the single source of truth.
+
+The CRD in ``crds/`` and in the chart is generated from these models (``make crds``). Every field
+carries a description because ``kubectl explain`` prints it; every cross-field rule is a
+:class:`~modelship.api.rules.Rule` so the API server and pydantic reject the same specs with the
+same message.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, WithJsonSchema
+
+from modelship.api.quantity import parse_quantity
+from modelship.api.rules import APIModel, Rule
+from modelship.api.types import Duration, Quantity
+
+GROUP = "modelship.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ("mdep",)
+CATEGORIES = ("modelship",)
+
+URI_PATTERN = r"^(https://[^/ ]+(/.*)?|s3://[^/ ]+/.+|pvc://[^/ ]+/.+|file:///.+)$"
+URI_HELP = "an https://host/path, s3://bucket/key, pvc://claim/path or file:///path URI"
+SHA256_PATTERN = r"^[a-f0-9]{64}$"
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_NAME_LENGTH = 40
+
+
+def _matches(pattern: str, value: str | None) -> bool:
+    return value is None or re.fullmatch(pattern, value) is not None
+
+
+def _uri_rule(field: str) -> Rule:
+    return Rule(
+        cel=f"!has(self.{field}) || self.{field}.matches('{URI_PATTERN}')",
+        message=f"{field} must be {URI_HELP}",
+        check=lambda m: _matches(URI_PATTERN, getattr(m, field)),
+        field_path=f".{field}",
+    )
+
+
+# --- model source --------------------------------------------------------------------------
+
+
+class ModelFormat(StrEnum):
+    """Formats the builder can turn into an ONNX artifact."""
+
+    ONNX = "onnx"
+    SKLEARN = "sklearn"
+
+
+class TensorDatatype(StrEnum):
+    """Tensor element types, named as in the Open Inference Protocol."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+
+class TensorSpec(APIModel):
+    """Name, element type and shape of one model input."""
+
+    name: str = Field(min_length=1, max_length=256, description="Input tensor name.")
+    datatype: TensorDatatype = Field(description="Element type (Open Inference Protocol name).")
+    shape: list[Annotated[int, Field(ge=-1)]] = Field(
+        max_length=8,
+        description="Dimensions; -1 marks a dynamic dimension (for example the batch).",
+    )
+
+
+class S3Settings(APIModel):
+    """Where and how to reach an S3-compatible object store."""
+
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Endpoint URL of an S3-compatible store (MinIO, SeaweedFS, Ceph); "
+        "empty means AWS S3.",
+    )
+    region: str | None = Field(default=None, max_length=64, description="Region of the bucket.")
+    secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Secret in the same namespace with AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY; empty means the pod's ambient credentials.",
+    )
+
+
+class ModelSource(APIModel):
+    """Where the trained model comes from and how to read it."""
+
+    uri: str = Field(
+        max_length=2048,
+        description=f"Location of the model: {URI_HELP}. Archives (.tar, .tar.gz, .zip) are "
+        "unpacked safely.",
+    )
+    format: ModelFormat = Field(
+        default=ModelFormat.ONNX,
+        description="Format of the model at uri: onnx, or sklearn (a pickled scikit-learn "
+        "estimator or pipeline, converted with skl2onnx).",
+    )
+    sha256: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Expected sha256 of the fetched bytes (64 lowercase hex characters). The "
+        "build fails if the bytes differ; pinning also lets the operator skip builds it "
+        "has already published.",
+    )
+    allow_pickle: bool = Field(
+        default=False,
+        description="Allow unpickling for format sklearn. Unpickling runs code from the "
+        "model file, so only enable it for sources you trust.",
+    )
+    inputs: list[TensorSpec] | None = Field(
+        default=None,
+        max_length=64,
+        description="Input signature, when the model does not declare it (sklearn) or "
+        "declares it only partly.",
+    )
+    s3: S3Settings | None = Field(default=None, description="Settings for s3:// URIs.")
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        _uri_rule("uri"),
+        Rule(
+            cel=f"!has(self.sha256) || self.sha256.matches('{SHA256_PATTERN}')",
+            message="sha256 must be 64 lowercase hex characters, as printed by sha256sum",
+            check=lambda m: _matches(SHA256_PATTERN, m.sha256),
+            field_path=".sha256",
+        ),
+        Rule(
+            cel="self.format != 'sklearn' || self.allowPickle == true",
+            message="format sklearn unpickles the model, which runs code from it: set "
+            "allowPickle: true if you trust the source",
+            check=lambda m: m.format != ModelFormat.SKLEARN or m.allow_pickle,
+            field_path=".allowPickle",
+        ),
+        Rule(
+            cel="!has(self.s3) || self.uri.startsWith('s3://')",
+            message="s3 settings only apply to s3:// URIs",
+            check=lambda m: m.s3 is None or m.uri.startswith("s3://"),
+            field_path=".s3",
+        ),
+    )
+
+
+# --- optimization ------------------------------------------------------------------------
+
+
+class GraphLevel(StrEnum):
+    """ONNX Runtime graph optimization levels."""
+
+    DISABLED = "disabled"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+
+class Precision(StrEnum):
+    """Numeric precision of the served artifact."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8_DYNAMIC = "int8-dynamic"
+    INT8_STATIC = "int8-static"
+    AUTO = "auto"
+
+
+class AccuracyMetric(StrEnum):
+    """How an optimized variant is compared with the original model."""
+
+    COSINE = "cosine"
+    TOP1 = "top1"
+
+
+class CalibrationSpec(APIModel):
+    """Representative inputs for static quantization and for drift baselines."""
+
+    uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        description=f"Sample inputs (.npz with one array per input name), as {URI_HELP}. "
+        "Without it, inputs are generated from the input signature.",
+    )
+    samples: int = Field(
+        default=128, ge=1, le=10000, description="How many samples to use (1-10000)."
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (_uri_rule("uri"),)
+
+
+class AccuracySpec(APIModel):
+    """The accuracy budget every optimized variant must meet against the original."""
+
+    metric: AccuracyMetric = Field(
+        default=AccuracyMetric.COSINE,
+        description="cosine: mean cosine similarity of outputs; top1: share of samples whose "
+        "arg-max agrees.",
+    )
+    min: float = Field(
+        default=0.99, ge=0, le=1, description="Minimum value of the metric (0-1) to accept."
+    )
+    max_abs_error: float | None = Field(
+        default=None,
+        gt=0,
+        description="Optional upper bound on the largest absolute difference of any output.",
+    )
+
+
+class PruningSpec(APIModel):
+    """Magnitude pruning of weights. Dense CPU kernels do not get faster from sparsity alone."""
+
+    sparsity: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.95,
+        description="Target share of weights set to zero (0-0.95); 0 disables pruning.",
+    )
+
+
+class OptimizationSpec(APIModel):
+    """How the builder turns the source model into the served artifact."""
+
+    graph: GraphLevel = Field(
+        default=GraphLevel.EXTENDED,
+        description="ONNX Runtime graph optimization level: disabled, basic, extended or all.",
+    )
+    precision: Precision = Field(
+        default=Precision.AUTO,
+        description="fp32, fp16, int8-dynamic, int8-static, or auto: the fastest variant "
+        "that stays within the accuracy budget.",
+    )
+    calibration: CalibrationSpec | None = Field(
+        default=None, description="Calibration data for int8-static and drift statistics."
+    )
+    accuracy: AccuracySpec = Field(
+        default_factory=AccuracySpec, description="Accuracy budget against the original model."
+    )
+    pruning: PruningSpec = Field(default_factory=PruningSpec, description="Weight pruning.")
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.precision != 'int8-static' || (has(self.calibration) && "
+            "has(self.calibration.uri))",
+            message="precision int8-static needs calibration.uri: static quantization "
+            "computes activation ranges from representative inputs",
+            check=lambda m: m.precision != Precision.INT8_STATIC
+            or (m.calibration is not None and m.calibration.uri is not None),
+            field_path=".calibration",
+        ),
+    )
+
+
+# --- serving -----------------------------------------------------------------------------
+
+
+class ResourceList(APIModel):
+    """CPU and memory amounts."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU, e.g. 500m or 2.")
+    memory: Quantity | None = Field(default=None, description="Memory, e.g. 512Mi or 2Gi.")
+
+
+def _limit_not_below_request(resource: str) -> Rule:
+    def check(m: ResourcesSpec) -> bool:
+        request = getattr(m.requests, resource, None) if m.requests else None
+        limit = getattr(m.limits, resource, None) if m.limits else None
+        return request is None or limit is None or parse_quantity(limit) >= parse_quantity(request)
+
+    return Rule(
+        cel=f"!has(self.requests) || !has(self.limits) || !has(self.requests.{resource}) || "
+        f"!has(self.limits.{resource}) || quantity(string(self.limits.{resource}))"
+        f".compareTo(quantity(string(self.requests.{resource}))) >= 0",
+        message=f"limits.{resource} must be greater than or equal to requests.{resource}",
+        check=check,
+        field_path=f".limits.{resource}",
+    )
+
+
+class ResourcesSpec(APIModel):
+    """Compute resources of each serving pod."""
+
+    requests: ResourceList | None = Field(
+        default=None, description="Guaranteed resources (default cpu 1, memory 1Gi)."
+    )
+    limits: ResourceList | None = Field(
+        default=None,
+        description="Upper bounds. The CPU limit also sets the ONNX Runtime thread count.",
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        _limit_not_below_request("cpu"),
+        _limit_not_below_request("memory"),
+    )
+
+
+class BatchingSpec(APIModel):
+    """Dynamic batching: concurrent requests are merged into one model call."""
+
+    max_batch_size: int = Field(
+        default=32, ge=1, le=1024, description="Largest merged batch (1-1024)."
+    )
+    max_delay_ms: float = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="Longest time (ms, 0-1000) a request waits for others to join its batch.",
+    )
+
+
+class ServingSpec(APIModel):
+    """How the runtime pods serve the artifact."""
+
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="CPU and memory of each serving pod."
+    )
+    batching: BatchingSpec | None = Field(
+        default=None,
+        description="Enable dynamic batching (models with a dynamic batch dimension only).",
+    )
+    grpc: bool = Field(
+        default=True, description="Also serve the Open Inference Protocol over gRPC."
+    )
+
+
+# --- scaling and rollout -----------------------------------------------------------------
+
+
+class ScalingSpec(APIModel):
+    """Horizontal autoscaling of the serving pods."""
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest pods (1-1000).")
+    max_replicas: int = Field(default=3, ge=1, le=1000, description="Most pods (1-1000).")
+    target_cpu_utilization: int = Field(
+        default=70,
+        ge=1,
+        le=100,
+        alias="targetCPUUtilization",
+        description="Average CPU utilisation (percent of requests, 1-100) the autoscaler "
+        "aims for.",
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must be less than or equal to maxReplicas",
+            check=lambda m: m.min_replicas <= m.max_replicas,
+            field_path=".minReplicas",
+        ),
+    )
+
+
+class RolloutStrategy(StrEnum):
+    """How a new artifact replaces the running one."""
+
+    CANARY = "canary"
+    ROLLING = "rolling"
+
+
+class MetricsSource(StrEnum):
+    """Where canary analysis reads request metrics."""
+
+    PODS = "pods"
+    PROMETHEUS = "prometheus"
+
+
+class CanaryStep(APIModel):
+    """One canary step: shift traffic, then wait."""
+
+    weight: int = Field(ge=1, le=100, description="Percent of traffic for the canary (1-100).")
+    pause: Duration | None = Field(
+        default=None,
+        description="How long to hold this weight while analysis runs (e.g. 60s, 5m); "
+        "empty holds until promoted by the modelship.io/promote annotation.",
+    )
+
+
+class AnalysisSpec(APIModel):
+    """Metric checks that decide whether the canary advances or rolls back."""
+
+    interval: Duration = Field(default="30s", description="How often to analyse (e.g. 30s).")
+    min_success_rate: float = Field(
+        default=0.99, ge=0, le=1, description="Lowest share of non-5xx responses (0-1)."
+    )
+    max_p99_latency_ms: float = Field(
+        default=500, gt=0, description="Highest acceptable p99 latency in milliseconds."
+    )
+    failure_limit: int = Field(
+        default=2, ge=0, le=100, description="Failed analyses tolerated before rollback."
+    )
+    min_requests: int = Field(
+        default=20,
+        ge=0,
+        le=1_000_000,
+        description="Requests needed in an interval for a verdict; fewer is inconclusive, "
+        "not a failure.",
+    )
+    source: MetricsSource = Field(
+        default=MetricsSource.PODS,
+        description="pods: scrape the runtime pods' /metrics; prometheus: query "
+        "prometheusUrl.",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Prometheus base URL (http or https), required when source is prometheus.",
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.source != 'prometheus' || has(self.prometheusUrl)",
+            message="prometheusUrl is required when source is prometheus",
+            check=lambda m: m.source != MetricsSource.PROMETHEUS or m.prometheus_url is not None,
+            field_path=".prometheusUrl",
+        ),
+        Rule(
+            cel="!has(self.prometheusUrl) || self.prometheusUrl.matches('^https?://[^/ ]+')",
+            message="prometheusUrl must be an http:// or https:// URL",
+            check=lambda m: m.prometheus_url is None
+            or re.match(r"^https?://[^/ ]+", m.prometheus_url) is not None,
+            field_path=".prometheusUrl",
+        ),
+    )
+
+
+class RolloutSpec(APIModel):
+    """How new versions are released."""
+
+    strategy: RolloutStrategy = Field(
+        default=RolloutStrategy.CANARY,
+        description="canary: shift traffic step by step under analysis, with automatic "
+        "promotion or rollback; rolling: a plain rolling update.",
+    )
+    steps: list[CanaryStep] | None = Field(
+        default=None,
+        max_length=20,
+        description="Canary steps with strictly increasing weights; default 10% then 50%, "
+        "60s each. Only for the canary strategy.",
+    )
+    analysis: AnalysisSpec = Field(
+        default_factory=AnalysisSpec, description="Metric analysis of the canary."
+    )
+    progress_deadline: Duration = Field(
+        default="10m",
+        description="Longest a release may take before it is rolled back (e.g. 10m).",
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!has(self.steps) || self.steps.map(s, s.weight).isSorted() && "
+            "self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight))",
+            message="steps weights must be strictly increasing (for example 10, 50, 100)",
+            check=lambda m: m.steps is None
+            or all(a.weight < b.weight for a, b in zip(m.steps, m.steps[1:], strict=False)),
+            field_path=".steps",
+        ),
+        Rule(
+            cel="self.strategy != 'rolling' || !has(self.steps) || size(self.steps) == 0",
+            message="steps only apply to the canary strategy: remove them or use "
+            "strategy: canary",
+            check=lambda m: m.strategy != RolloutStrategy.ROLLING or not m.steps,
+            field_path=".steps",
+        ),
+    )
+
+    @property
+    def effective_steps(self) -> list[CanaryStep]:
+        """The steps the canary walks through, defaults included."""
+        if self.strategy == RolloutStrategy.ROLLING:
+            return []
+        if self.steps:
+            return list(self.steps)
+        return [CanaryStep(weight=10, pause="60s"), CanaryStep(weight=50, pause="60s")]
+
+
+class ModelDeploymentSpec(APIModel):
+    """Desired state: which model, how to optimize, serve, scale and release it."""
+
+    model: ModelSource = Field(description="The trained model to serve.")
+    optimization: OptimizationSpec = Field(
+        default_factory=OptimizationSpec, description="How the artifact is optimized."
+    )
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="Serving settings.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Autoscaling bounds.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Release strategy.")
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Desired pods, written through the scale subresource by the autoscaler "
+        "or kubectl scale; leave it out of Git.",
+    )
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    """Where a ModelDeployment is in its life."""
+
+    PENDING = "Pending"
+    BUILDING = "Building"
+    DEPLOYING = "Deploying"
+    PROGRESSING = "Progressing"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class ConditionStatus(StrEnum):
+    """Status of a condition."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(APIModel):
+    """One aspect of the current state, in the metav1.Condition shape."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        description="Condition type: ArtifactReady, Available, Progressing, Degraded or Ready.",
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation this condition was computed from."
+    )
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When the status last changed (RFC 3339).",
+    )
+    reason: str = Field(
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="Machine-readable CamelCase reason for the last transition.",
+    )
+    message: str = Field(
+        default="", max_length=32768, description="What happened and what to do, for people."
+    )
+
+
+class ArtifactStatus(APIModel):
+    """The optimized artifact being served."""
+
+    digest: str = Field(description="Content digest (sha256:...) of the artifact.")
+    uri: str | None = Field(default=None, description="Where the artifact is stored.")
+    variant: str | None = Field(default=None, description="Chosen variant, e.g. int8-dynamic.")
+    size_bytes: int | None = Field(default=None, ge=0, description="Size of model.onnx.")
+    accuracy: float | None = Field(
+        default=None, description="Accuracy metric of the variant against the original."
+    )
+    latency_ms: float | None = Field(
+        default=None, description="Median single-request latency measured by the builder."
+    )
+
+
+class RevisionStatus(APIModel):
+    """The stable (fully promoted) revision."""
+
+    revision: str = Field(description="Revision name (short artifact digest).")
+    digest: str = Field(description="Artifact digest served by this revision.")
+    replicas: int = Field(default=0, ge=0, description="Pods of this revision.")
+    ready_replicas: int = Field(default=0, ge=0, description="Ready pods of this revision.")
+
+
+class AnalysisVerdict(StrEnum):
+    """Outcome of one canary analysis."""
+
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class AnalysisResult(APIModel):
+    """The latest canary analysis."""
+
+    time: str = Field(json_schema_extra={"format": "date-time"}, description="When it ran.")
+    verdict: AnalysisVerdict = Field(description="Pass, Fail or Inconclusive.")
+    requests: int = Field(default=0, ge=0, description="Requests seen in the interval.")
+    success_rate: float | None = Field(default=None, description="Share of non-5xx responses.")
+    p99_latency_ms: float | None = Field(default=None, description="p99 latency (ms).")
+    message: str = Field(default="", description="Why the verdict was reached.")
+
+
+class CanaryStatus(APIModel):
+    """A release in progress."""
+
+    revision: str = Field(description="Revision name of the canary.")
+    digest: str = Field(description="Artifact digest served by the canary.")
+    weight: int = Field(default=0, ge=0, le=100, description="Current traffic percent.")
+    step: int = Field(default=0, ge=0, description="Index of the current step.")
+    failures: int = Field(default=0, ge=0, description="Failed analyses so far.")
+    last_analysis: AnalysisResult | None = Field(
+        default=None, description="The latest analysis."
+    )
+
+
+class Endpoints(APIModel):
+    """In-cluster addresses of the service."""
+
+    rest: str | None = Field(default=None, description="Open Inference Protocol REST base URL.")
+    grpc: str | None = Field(default=None, description="Open Inference Protocol gRPC address.")
+
+
+class ModelDeploymentStatus(APIModel):
+    """Observed state, written by the operator only."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the status describes."
+    )
+    phase: Phase | None = Field(
+        default=None,
+        description="Pending, Building, Deploying, Progressing, Ready, Degraded or Failed.",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="ArtifactReady, Available, Progressing, Degraded and Ready.",
+    )
+    artifact: ArtifactStatus | None = Field(default=None, description="The served artifact.")
+    stable: RevisionStatus | None = Field(default=None, description="The stable revision.")
+    canary: CanaryStatus | None = Field(default=None, description="The release in progress.")
+    replicas: int | None = Field(default=None, ge=0, description="Pods, all revisions.")
+    ready_replicas: int | None = Field(default=None, ge=0, description="Ready pods.")
+    selector: str | None = Field(
+        default=None, description="Label selector of the pods (for the scale subresource)."
+    )
+    endpoints: Endpoints | None = Field(default=None, description="Where to send requests.")
+    kopf: Annotated[
+        dict[str, Any] | None,
+        WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+    ] = Field(default=None, description="Operator bookkeeping (handler progress, diff base).")
+
+
+class ModelDeployment(APIModel):
+    """A trained model, built into an optimized artifact and served behind a Service."""
+
+    api_version: str = Field(default=API_VERSION, description="modelship.io/v1alpha1")
+    kind: str = Field(default=KIND, description="ModelDeployment")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard metadata.")
+    spec: ModelDeploymentSpec = Field(description="Desired state.")
+    status: ModelDeploymentStatus | None = Field(default=None, description="Observed state.")
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"self.metadata.name.matches('{NAME_PATTERN}') && "
+            f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+            message=f"metadata.name must be a DNS-1035 label (lowercase letters, digits and "
+            f"'-', starting with a letter) of at most {MAX_NAME_LENGTH} characters, because "
+            "Service and Deployment names derive from it",
+            check=lambda m: "name" not in m.metadata
+            or (
+                _matches(NAME_PATTERN, m.metadata["name"])
+                and len(m.metadata["name"]) <= MAX_NAME_LENGTH
+            ),
+        ),
+    )
