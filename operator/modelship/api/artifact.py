@@ -148,6 +148,9 @@ class Manifest(_Contract):
     plan_key: str
     variant: str
     model_file: str = MODEL_FILE
+    model_sha256: str | None = Field(
+        default=None, description="sha256 of model_file; readers check the bytes against it"
+    )
     size_bytes: int
     source_size_bytes: int
     accuracy: Accuracy | None = None
