@@ -6,7 +6,8 @@
 # ignores for dependencies; a throwaway module pins every staging module to the matching v0.Y.Z tag.
 #
 # Usage: hack/build-k8s.sh [component ...]   (default: etcd kube-apiserver kube-controller-manager)
-# Output: $MODELSHIP_CACHE/bin/<component>-<version> (default cache: ~/.cache/modelship)
+# Output: $MODELSHIP_CACHE/bin/<component>-<version> (default cache: ~/.cache/modelship);
+# prints component=path for each on stdout, progress on stderr.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
@@ -91,16 +92,17 @@ for c in "${components[@]}"; do
   case "$c" in
     etcd)
       out="$BIN/etcd-$ETCD_VERSION"
-      [ -x "$out" ] && { log "etcd $ETCD_VERSION cached"; continue; }
-      build_module etcd "$(etcd_workdir)" go.etcd.io/etcd/server/v3 "$out" ""
+      [ -x "$out" ] || build_module etcd "$(etcd_workdir)" go.etcd.io/etcd/server/v3 "$out" ""
       ;;
     kube-*|kubectl|kubelet)
       out="$BIN/$c-$K8S_VERSION"
-      [ -x "$out" ] && { log "$c $K8S_VERSION cached"; continue; }
-      v="k8s.io/component-base/version"
-      ld="-X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
-      build_module "$c" "$(k8s_workdir)" "k8s.io/kubernetes/cmd/$c" "$out" "$ld"
+      if [ ! -x "$out" ]; then
+        v="k8s.io/component-base/version"
+        ld="-X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
+        build_module "$c" "$(k8s_workdir)" "k8s.io/kubernetes/cmd/$c" "$out" "$ld"
+      fi
       ;;
     *) log "unknown component: $c"; exit 2 ;;
   esac
+  echo "$c=$out"
 done

@@ -1,0 +1,51 @@
+"""``python -m localkube up|down|status`` (what ``make cluster-up`` / ``make cluster-down`` run)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from localkube import binaries
+from localkube.cluster import STATE_FILE, Cluster, ClusterState, log
+
+DEFAULT_DIR = Path(os.environ.get("MODELSHIP_CLUSTER_DIR", binaries.REPO_ROOT / ".cache" / "cluster"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="localkube", description=__doc__)
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="cluster directory")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build", help="build (or find cached) control-plane binaries")
+    sub.add_parser("up", help="start the control plane and print its KUBECONFIG")
+    sub.add_parser("down", help="stop every process and remove the cluster directory")
+    sub.add_parser("status", help="say whether a cluster runs in --dir")
+    args = parser.parse_args(argv)
+
+    if args.command == "build":
+        for name, path in binaries.ensure().items():
+            print(f"{name}={path}")
+        return 0
+    if args.command == "up":
+        started = time.monotonic()
+        cluster = Cluster(args.dir)
+        cluster.start()
+        log(f"`make cluster-up` took {time.monotonic() - started:.1f}s in all")
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        return 0
+    if args.command == "down":
+        Cluster(args.dir).destroy()
+        log(f"removed {args.dir}")
+        return 0
+    if (args.dir / STATE_FILE).exists():
+        state = ClusterState.load(args.dir)
+        print(f"running at {state.server}, processes {state.pids}; KUBECONFIG={args.dir / 'admin.kubeconfig'}")
+        return 0
+    print(f"no cluster in {args.dir}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

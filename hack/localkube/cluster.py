@@ -1,0 +1,384 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
+
+Everything a cluster owns (certificates, etcd data, logs, kubeconfigs, its state file) lives in
+one directory; stopping the cluster ends every process it started, and ``destroy`` removes the
+directory. Ports are chosen free at start and recorded in the state file, so several clusters
+(a developer's and a test run's) can coexist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from localkube import binaries
+from localkube.pki import ClusterPKI, KeyPair, create_pki
+
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+STATE_FILE = "state.json"
+_STOP_GRACE_S = 15.0
+
+
+def log(message: str) -> None:
+    print(f"[localkube] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ClusterState:
+    """What a running cluster needs to be found and stopped again: ports and processes."""
+
+    directory: str
+    etcd_port: int
+    etcd_peer_port: int
+    apiserver_port: int
+    controller_manager_port: int
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def save(self) -> None:
+        path = Path(self.directory) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, directory: Path) -> ClusterState:
+        return cls(**json.loads((directory / STATE_FILE).read_text()))
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, user: KeyPair, name: str) -> Path:
+    """A kubeconfig with embedded file paths (JSON is valid YAML, so no YAML library needed)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [
+            {"name": name, "user": {"client-certificate": str(user.cert), "client-key": str(user.key)}}
+        ],
+        "contexts": [{"name": name, "context": {"cluster": "local", "user": name}}],
+        "current-context": name,
+    }
+    path.write_text(json.dumps(config, indent=2))
+    path.chmod(0o600)
+    return path
+
+
+def _wait_until(check: Callable[[], bool], what: str, timeout_s: float, proc_alive: Callable[[], str | None]) -> None:
+    """Poll ``check`` (bounded) until it passes; fail early if a process we depend on died."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        if check():
+            return
+        dead = proc_alive()
+        if dead:
+            raise RuntimeError(f"{dead} exited while waiting for {what}; see its log")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+class Cluster:
+    """A control plane living in ``directory``; ``start`` it, then ``stop`` or ``destroy`` it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory.resolve()
+        self.kubeconfig = self.directory / "admin.kubeconfig"
+        self.state: ClusterState | None = None
+        self._bins: dict[str, Path] = {}
+
+    # --- paths ----------------------------------------------------------------------------
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.directory / "pki"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.directory / "logs"
+
+    @property
+    def server(self) -> str:
+        if self.state is None:
+            raise RuntimeError("the cluster is not running")
+        return self.state.server
+
+    @property
+    def kubectl_binary(self) -> Path:
+        if "kubectl" not in self._bins:
+            self._bins.update(binaries.ensure(("kubectl",)))
+        return self._bins["kubectl"]
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, directory: Path) -> Cluster:
+        """A handle on a cluster started earlier (by ``make cluster-up``) in ``directory``."""
+        cluster = cls(directory)
+        cluster.state = ClusterState.load(cluster.directory)
+        return cluster
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        started = time.monotonic()
+        self._bins = binaries.ensure(binaries.CONTROL_PLANE)
+        if (self.directory / STATE_FILE).exists():
+            raise RuntimeError(
+                f"a cluster already lives in {self.directory}: run `make cluster-down` first"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        self.state = ClusterState(
+            directory=str(self.directory),
+            etcd_port=free_port(),
+            etcd_peer_port=free_port(),
+            apiserver_port=free_port(),
+            controller_manager_port=free_port(),
+        )
+        pki = create_pki(
+            self.pki_dir,
+            server_names=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default",
+                          "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
+                          "10.96.0.1"),
+        )
+        write_kubeconfig(self.kubeconfig, self.state.server, pki.ca, pki.admin, "admin")
+        cm_kubeconfig = write_kubeconfig(
+            self.directory / "controller-manager.kubeconfig",
+            self.state.server,
+            pki.ca,
+            pki.controller_manager,
+            "system:kube-controller-manager",
+        )
+        try:
+            self._spawn("etcd", self._etcd_args())
+            self.state.save()
+            self._wait_http(f"http://127.0.0.1:{self.state.etcd_port}/health", "etcd", pki, 30)
+            self._spawn("kube-apiserver", self._apiserver_args(pki))
+            self.state.save()
+            self._wait_http(f"{self.state.server}/readyz", "kube-apiserver", pki, timeout_s)
+            self._spawn("kube-controller-manager", self._controller_manager_args(pki, cm_kubeconfig))
+            self.state.save()
+            self._wait_http(
+                f"https://127.0.0.1:{self.state.controller_manager_port}/healthz",
+                "kube-controller-manager",
+                pki,
+                timeout_s,
+            )
+            self._wait_for_default_service_account(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        log(f"control plane ready in {time.monotonic() - started:.1f}s at {self.state.server}")
+        log(f"export KUBECONFIG={self.kubeconfig}")
+
+    def stop(self) -> None:
+        """End every process this cluster started (SIGTERM, then SIGKILL after a grace period)."""
+        state = self.state
+        if state is None and (self.directory / STATE_FILE).exists():
+            state = ClusterState.load(self.directory)
+        if state is None:
+            return
+        for name in reversed(list(state.pids)):
+            _terminate(state.pids[name], name, self.directory)
+        (self.directory / STATE_FILE).unlink(missing_ok=True)
+        self.state = None
+
+    def destroy(self) -> None:
+        """Stop, then remove the cluster's directory (data, certificates, logs)."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; on failure the error includes kubectl's stderr."""
+        result = subprocess.run(
+            [str(self.kubectl_binary), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(
+                result.returncode, result.args, result.stdout, result.stderr
+            )
+        return result
+
+    def _spawn(self, name: str, args: Sequence[str]) -> None:
+        assert self.state is not None
+        logfile = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [str(self._bins[name]), *args],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives the CLI that started it; stopped via state.json
+            cwd=self.directory,
+        )
+        logfile.close()
+        self.state.pids[name] = proc.pid
+        log(f"started {name} (pid {proc.pid}), log {self.log_dir / (name + '.log')}")
+
+    def _dead_process(self) -> str | None:
+        assert self.state is not None
+        for name, pid in self.state.pids.items():
+            if not _alive(pid):
+                return name
+        return None
+
+    def _wait_http(self, url: str, what: str, pki: ClusterPKI, timeout_s: float) -> None:
+        context = ssl.create_default_context(cafile=str(pki.ca.cert))
+        context.load_cert_chain(str(pki.admin.cert), str(pki.admin.key))
+        if "controller-manager" in what:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # it serves a self-signed certificate of its own
+
+        def ok() -> bool:
+            try:
+                with urllib.request.urlopen(url, context=context, timeout=2) as response:
+                    return bool(response.status == 200)
+            except (urllib.error.URLError, OSError):
+                return False
+
+        _wait_until(ok, what, timeout_s, self._dead_process)
+
+    def _wait_for_default_service_account(self, timeout_s: float) -> None:
+        # The serviceaccount controller must have run before pods/jobs can be created.
+        def ok() -> bool:
+            return self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
+
+        _wait_until(ok, "the default service account", timeout_s, self._dead_process)
+
+    def _etcd_args(self) -> list[str]:
+        assert self.state is not None
+        client = f"http://127.0.0.1:{self.state.etcd_port}"
+        peer = f"http://127.0.0.1:{self.state.etcd_peer_port}"
+        return [
+            "--name=default",
+            f"--data-dir={self.directory / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+            "--log-level=warn",
+            # A throwaway cluster: durability is not worth the fsync latency.
+            "--unsafe-no-fsync",
+            "--quota-backend-bytes=4294967296",
+        ]
+
+    def _apiserver_args(self, pki: ClusterPKI) -> list[str]:
+        assert self.state is not None
+        return [
+            f"--etcd-servers=http://127.0.0.1:{self.state.etcd_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.state.apiserver_port}",
+            f"--tls-cert-file={pki.apiserver.cert}",
+            f"--tls-private-key-file={pki.apiserver.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={pki.service_account.cert}",
+            f"--service-account-signing-key-file={pki.service_account.key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            # Loopback cannot back the `kubernetes` Service endpoints; pods don't run in this tier.
+            "--endpoint-reconciler-type=none",
+            f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-username-headers=X-Remote-User",
+            f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
+            f"--proxy-client-key-file={pki.front_proxy_client.key}",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _controller_manager_args(self, pki: ClusterPKI, kubeconfig: Path) -> list[str]:
+        assert self.state is not None
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.state.controller_manager_port}",
+            f"--cert-dir={self.directory / 'controller-manager-certs'}",
+            f"--service-account-private-key-file={pki.service_account.key}",
+            f"--root-ca-file={pki.ca.cert}",
+            f"--cluster-signing-cert-file={pki.ca.cert}",
+            f"--cluster-signing-key-file={pki.ca.key}",
+            "--use-service-account-credentials=true",
+            "--leader-elect=false",
+            "--controllers=*",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child counts as dead: reap it if it is ours.
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        stat = Path(f"/proc/{pid}/stat")
+        return stat.exists() and stat.read_text().split(") ", 1)[-1][:1] != "Z"
+    return waited == 0
+
+
+def _ours(pid: int, directory: Path) -> bool:
+    """Whether ``pid`` is still a process this cluster started (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return cwd == str(directory) or str(directory) in cmdline
+
+
+def _terminate(pid: int, name: str, directory: Path) -> None:
+    if not _alive(pid) or not _ours(pid, directory):
+        return
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_GRACE_S
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        log(f"{name} (pid {pid}) ignored SIGTERM for {_STOP_GRACE_S:.0f}s; killing it")
+        os.killpg(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+    log(f"stopped {name} (pid {pid})")

@@ -1,0 +1,179 @@
+"""Specs shared by the unit tests (pydantic) and the integration tests (the API server).
+
+Each invalid case breaks exactly one rule of a valid base spec. Both validators must reject it,
+and both messages must name the offending field, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+BASE_SPEC: dict[str, Any] = {
+    "model": {"uri": "https://models.example.com/minilm/model.onnx"},
+    "scaling": {"minReplicas": 1, "maxReplicas": 3},
+}
+
+
+def valid_object(name: str = "valid", spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": copy.deepcopy(spec if spec is not None else BASE_SPEC),
+    }
+
+
+@dataclass(frozen=True)
+class InvalidCase:
+    id: str
+    field: str
+    """The field path both validators must name, e.g. ``spec.scaling.minReplicas``."""
+    mutate: Callable[[dict[str, Any]], None]
+    name: str = "invalid"
+
+    def object(self) -> dict[str, Any]:
+        obj = valid_object(self.name)
+        self.mutate(obj)
+        return obj
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """Set ``spec.a.b`` (dicts created on the way) to ``value``."""
+
+    def mutate(obj: dict[str, Any]) -> None:
+        keys = path.split(".")
+        node = obj
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+
+    return mutate
+
+
+def _all(*mutations: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def mutate(obj: dict[str, Any]) -> None:
+        for m in mutations:
+            m(obj)
+
+    return mutate
+
+
+def _drop_uri(obj: dict[str, Any]) -> None:
+    del obj["spec"]["model"]["uri"]
+
+
+INVALID_CASES = [
+    InvalidCase("uri-scheme", "spec.model.uri", _set("spec.model.uri", "ftp://host/m.onnx")),
+    InvalidCase("uri-pvc-without-path", "spec.model.uri", _set("spec.model.uri", "pvc://claim")),
+    InvalidCase("uri-missing", "spec.model.uri", _drop_uri),
+    InvalidCase("sha256-short", "spec.model.sha256", _set("spec.model.sha256", "abc123")),
+    InvalidCase("sha256-uppercase", "spec.model.sha256", _set("spec.model.sha256", "A" * 64)),
+    InvalidCase("format-unknown", "spec.model.format", _set("spec.model.format", "tensorflow")),
+    InvalidCase("pickle-without-opt-in", "spec.model.allowPickle", _set("spec.model.format", "sklearn")),
+    InvalidCase(
+        "s3-settings-on-https", "spec.model.s3", _set("spec.model.s3", {"endpoint": "http://minio:9000"})
+    ),
+    InvalidCase("graph-level-unknown", "spec.optimization.graph", _set("spec.optimization.graph", "O3")),
+    InvalidCase(
+        "precision-unknown", "spec.optimization.precision", _set("spec.optimization.precision", "int4")
+    ),
+    InvalidCase(
+        "static-int8-without-calibration",
+        "spec.optimization.calibration",
+        _set("spec.optimization.precision", "int8-static"),
+    ),
+    InvalidCase(
+        "accuracy-above-one", "spec.optimization.accuracy.min", _set("spec.optimization.accuracy.min", 1.5)
+    ),
+    InvalidCase(
+        "sparsity-too-high",
+        "spec.optimization.pruning.sparsity",
+        _set("spec.optimization.pruning.sparsity", 0.99),
+    ),
+    InvalidCase(
+        "calibration-samples-zero",
+        "spec.optimization.calibration.samples",
+        _set("spec.optimization.calibration", {"uri": "s3://b/cal.npz", "samples": 0}),
+    ),
+    InvalidCase(
+        "batch-size-zero",
+        "spec.serving.batching.maxBatchSize",
+        _set("spec.serving.batching", {"maxBatchSize": 0}),
+    ),
+    InvalidCase(
+        "cpu-limit-below-request",
+        "spec.serving.resources.limits.cpu",
+        _set("spec.serving.resources", {"requests": {"cpu": 2}, "limits": {"cpu": "500m"}}),
+    ),
+    InvalidCase(
+        "memory-not-a-quantity",
+        "spec.serving.resources.requests.memory",
+        _set("spec.serving.resources", {"requests": {"memory": "lots"}}),
+    ),
+    InvalidCase(
+        "min-above-max",
+        "spec.scaling.minReplicas",
+        _all(_set("spec.scaling.minReplicas", 5), _set("spec.scaling.maxReplicas", 2)),
+    ),
+    InvalidCase("min-replicas-zero", "spec.scaling.minReplicas", _set("spec.scaling.minReplicas", 0)),
+    InvalidCase(
+        "cpu-target-above-100",
+        "spec.scaling.targetCPUUtilization",
+        _set("spec.scaling.targetCPUUtilization", 150),
+    ),
+    InvalidCase(
+        "steps-decreasing",
+        "spec.rollout.steps",
+        _set("spec.rollout.steps", [{"weight": 50}, {"weight": 10}]),
+    ),
+    InvalidCase(
+        "steps-repeated",
+        "spec.rollout.steps",
+        _set("spec.rollout.steps", [{"weight": 10}, {"weight": 10}, {"weight": 50}]),
+    ),
+    InvalidCase(
+        "step-weight-zero", "spec.rollout.steps[0].weight", _set("spec.rollout.steps", [{"weight": 0}])
+    ),
+    InvalidCase(
+        "step-weight-above-100",
+        "spec.rollout.steps[1].weight",
+        _set("spec.rollout.steps", [{"weight": 10}, {"weight": 101}]),
+    ),
+    InvalidCase(
+        "step-pause-not-a-duration",
+        "spec.rollout.steps[0].pause",
+        _set("spec.rollout.steps", [{"weight": 10, "pause": "soon"}]),
+    ),
+    InvalidCase(
+        "steps-with-rolling",
+        "spec.rollout.steps",
+        _all(_set("spec.rollout.strategy", "rolling"), _set("spec.rollout.steps", [{"weight": 10}])),
+    ),
+    InvalidCase(
+        "prometheus-without-url",
+        "spec.rollout.analysis.prometheusUrl",
+        _set("spec.rollout.analysis", {"source": "prometheus"}),
+    ),
+    InvalidCase(
+        "prometheus-url-not-http",
+        "spec.rollout.analysis.prometheusUrl",
+        _set("spec.rollout.analysis", {"source": "prometheus", "prometheusUrl": "prom:9090"}),
+    ),
+    InvalidCase(
+        "failure-limit-negative",
+        "spec.rollout.analysis.failureLimit",
+        _set("spec.rollout.analysis", {"failureLimit": -1}),
+    ),
+    InvalidCase(
+        "interval-without-unit",
+        "spec.rollout.analysis.interval",
+        _set("spec.rollout.analysis", {"interval": "30"}),
+    ),
+    InvalidCase("replicas-negative", "spec.replicas", _set("spec.replicas", -1)),
+    InvalidCase("unknown-field", "spec.modle", _set("spec.modle", {"uri": "file:///m.onnx"})),
+    InvalidCase("name-starts-with-digit", "metadata.name", lambda obj: None, name="9lives"),
+    InvalidCase("name-too-long", "metadata.name", lambda obj: None, name="m" + "x" * 44),
+]
