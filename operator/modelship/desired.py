@@ -1,0 +1,478 @@
+"""Desired objects, computed by pure functions from the spec: ``spec -> dict``.
+
+Every builder returns the full object as server-side apply wants it. ``with_hash`` stamps the hash
+of the desired content on it, so the operator writes only objects whose desired content changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+from urllib.parse import urlparse
+
+from modelship import naming
+from modelship.api import v1alpha1 as api
+from modelship.api.artifact import canonical_json
+from modelship.api.types import duration_seconds
+from modelship.api.v1alpha1 import ModelDeploymentSpec
+from modelship.naming import Owner
+from modelship.observation import Artifact
+from modelship.plan import DEFAULT_CPU, DEFAULT_MEMORY, BuildTarget, serving_threads
+from modelship.settings import PVC_MOUNT_PATH, Settings
+from modelship.status import GRPC_PORT, METRICS_PORT, REST_PORT
+
+RUNTIME_UID = 65532
+MODEL_DIR = "/model"
+PVC_SOURCE_ROOT = "/mnt/pvc"
+"""Where the builder finds pvc://claim/path sources (the runtime's MODELSHIP_PVC_ROOT)."""
+PLAN_DIR = "/etc/modelship"
+TERMINATION_GRACE_SECONDS = 30
+DRAIN_SECONDS = 5
+"""preStop pause: endpoints controllers and proxies stop sending before the server stops."""
+
+
+class ArtifactLocationError(ValueError):
+    """The artifact URI is not inside the configured store."""
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "runAsGroup": RUNTIME_UID,
+        "fsGroup": RUNTIME_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _secret_env(secret: str | None) -> list[dict[str, Any]]:
+    if not secret:
+        return []
+    return [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    ]
+
+
+def with_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with the hash of its content in ``modelship.io/applied-hash``."""
+    digest = hashlib.sha256(canonical_json(obj)).hexdigest()[:16]
+    annotations = obj["metadata"].setdefault("annotations", {})
+    annotations[naming.ANNOTATION_APPLIED_HASH] = digest
+    return obj
+
+
+def applied_hash(obj: dict[str, Any] | None) -> str | None:
+    if obj is None:
+        return None
+    annotations: dict[str, str] = (obj.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(naming.ANNOTATION_APPLIED_HASH)
+
+
+def _meta(name: str, owner: Owner, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels,
+        "ownerReferences": [owner.reference()],
+    }
+
+
+# --- build ---------------------------------------------------------------------------------
+
+
+def _pvc_claims(spec: ModelDeploymentSpec) -> list[str]:
+    uris = [spec.model.uri]
+    if spec.optimization.calibration and spec.optimization.calibration.uri:
+        uris.append(spec.optimization.calibration.uri)
+    return sorted({urlparse(u).netloc for u in uris if u.startswith("pvc://")})
+
+
+def build_job(
+    spec: ModelDeploymentSpec, target: BuildTarget, owner: Owner, settings: Settings
+) -> dict[str, Any]:
+    """The builder Job. Its name comes from the digest (or request key), never from the owner."""
+    plan_json = target.plan.model_dump_json(by_alias=True, exclude_none=True)
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "plan",
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": "plan.json",
+                        "fieldRef": {
+                            "fieldPath": f"metadata.annotations['{naming.ANNOTATION_PLAN}']"
+                        },
+                    }
+                ]
+            },
+        },
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if not settings.uses_s3:
+        volumes.append(
+            {"name": "store", "persistentVolumeClaim": {"claimName": settings.store_pvc}}
+        )
+        mounts.append({"name": "store", "mountPath": PVC_MOUNT_PATH})
+    for i, claim in enumerate(_pvc_claims(spec)):
+        volumes.append(
+            {
+                "name": f"source-{i}",
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+            }
+        )
+        mounts.append(
+            {"name": f"source-{i}", "mountPath": f"{PVC_SOURCE_ROOT}/{claim}", "readOnly": True}
+        )
+    # One set of AWS_* variables per pod: the source's Secret wins, the store's is the fallback.
+    source_secret = spec.model.s3.secret_name if spec.model.s3 else None
+    env = [
+        {"name": "MODELSHIP_PVC_ROOT", "value": PVC_SOURCE_ROOT},
+        *_secret_env(source_secret or settings.store_s3_secret),
+    ]
+    labels = naming.build_labels(target.key)
+    annotations = {
+        naming.ANNOTATION_PLAN_KEY: target.plan.plan_key,
+        naming.ANNOTATION_REQUEST_KEY: target.request_key,
+    }
+    if target.pinned_digest:
+        annotations[naming.ANNOTATION_DIGEST] = target.pinned_digest
+    meta = _meta(target.job_name, owner, labels)
+    meta["ownerReferences"] = [owner.reference(controller=False)]
+    meta["annotations"] = annotations
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": settings.build_backoff_limit,
+            "activeDeadlineSeconds": settings.build_deadline_seconds,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {naming.ANNOTATION_PLAN: plan_json},
+                },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": _pod_security(),
+                    "containers": [
+                        {
+                            "name": "builder",
+                            "image": settings.runtime_image,
+                            "imagePullPolicy": settings.image_pull_policy,
+                            "command": ["python", "-m", "modelship_runtime"],
+                            "args": ["build", "--plan", f"{PLAN_DIR}/plan.json"],
+                            "env": env,
+                            "resources": {
+                                "requests": {
+                                    "cpu": settings.build_cpu,
+                                    "memory": settings.build_memory,
+                                },
+                                "limits": {"memory": settings.build_memory},
+                            },
+                            "securityContext": _container_security(),
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "volumeMounts": mounts,
+                        }
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+# --- serving -------------------------------------------------------------------------------
+
+
+def desired_replicas(spec: ModelDeploymentSpec) -> int:
+    """spec.replicas (written by the HPA through the scale subresource) within the bounds."""
+    scaling = spec.scaling
+    wanted = spec.replicas if spec.replicas is not None else scaling.min_replicas
+    return min(max(wanted, scaling.min_replicas), scaling.max_replicas)
+
+
+def _resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    res = spec.serving.resources
+    requests = {"cpu": DEFAULT_CPU, "memory": DEFAULT_MEMORY}
+    if res.requests:
+        requests |= {k: v for k, v in res.requests.model_dump().items() if v is not None}
+    out: dict[str, Any] = {"requests": requests}
+    if res.limits:
+        limits = {k: v for k, v in res.limits.model_dump().items() if v is not None}
+        if limits:
+            out["limits"] = limits
+    return out
+
+
+def _artifact_volume(
+    artifact: Artifact, settings: Settings
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """(volume, mount, init containers) that put the artifact at MODEL_DIR, read-only."""
+    if settings.uses_s3:
+        fetch = {
+            "name": "fetch-artifact",
+            "image": settings.runtime_image,
+            "imagePullPolicy": settings.image_pull_policy,
+            "command": ["python", "-m", "modelship_runtime"],
+            "args": [
+                "fetch",
+                "--uri",
+                artifact.uri,
+                "--digest",
+                artifact.digest,
+                "--dest",
+                MODEL_DIR,
+            ],
+            "env": _secret_env(settings.store_s3_secret),
+            "securityContext": _container_security(),
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+            "volumeMounts": [
+                {"name": "model", "mountPath": MODEL_DIR},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        }
+        return (
+            {"name": "model", "emptyDir": {}},
+            {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+            [fetch],
+        )
+    root = f"file://{PVC_MOUNT_PATH}/"
+    if not artifact.uri.startswith(root):
+        raise ArtifactLocationError(
+            f"artifact {artifact.digest} is at {artifact.uri}, outside the store {root}: the "
+            "store settings changed since it was built; delete the build Job to rebuild it"
+        )
+    sub_path = artifact.uri[len(root) :].strip("/")
+    return (
+        {
+            "name": "model",
+            "persistentVolumeClaim": {"claimName": settings.store_pvc, "readOnly": True},
+        },
+        {"name": "model", "mountPath": MODEL_DIR, "subPath": sub_path, "readOnly": True},
+        [],
+    )
+
+
+def _server_env(
+    spec: ModelDeploymentSpec, owner: Owner, artifact: Artifact
+) -> list[dict[str, Any]]:
+    env = [
+        {"name": "MODELSHIP_MODEL_NAME", "value": owner.name},
+        {"name": "MODELSHIP_MODEL_DIR", "value": MODEL_DIR},
+        {"name": "MODELSHIP_ARTIFACT_DIGEST", "value": artifact.digest},
+        {"name": "MODELSHIP_THREADS", "value": str(serving_threads(spec))},
+        {"name": "MODELSHIP_REST_PORT", "value": str(REST_PORT)},
+        {"name": "MODELSHIP_GRPC_PORT", "value": str(GRPC_PORT)},
+        {"name": "MODELSHIP_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "MODELSHIP_GRPC_ENABLED", "value": "true" if spec.serving.grpc else "false"},
+    ]
+    if spec.serving.batching:
+        env += [
+            {
+                "name": "MODELSHIP_MAX_BATCH_SIZE",
+                "value": str(spec.serving.batching.max_batch_size),
+            },
+            {"name": "MODELSHIP_MAX_DELAY_MS", "value": str(spec.serving.batching.max_delay_ms)},
+        ]
+    return env
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def deployment(
+    spec: ModelDeploymentSpec,
+    owner: Owner,
+    artifact: Artifact,
+    request_key: str,
+    settings: Settings,
+) -> dict[str, Any]:
+    name = naming.serving_name(owner.name)
+    labels = naming.serving_labels(owner.name)
+    volume, mount, init = _artifact_volume(artifact, settings)
+    ports = [
+        {"name": "http", "containerPort": REST_PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+    ]
+    if spec.serving.grpc:
+        ports.insert(1, {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
+    meta = _meta(name, owner, labels)
+    meta["annotations"] = {
+        naming.ANNOTATION_ARTIFACT: artifact.to_json(),
+        naming.ANNOTATION_REQUEST_KEY: request_key,
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": _pod_security(),
+        "containers": [
+            {
+                "name": "server",
+                "image": settings.runtime_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": ["python", "-m", "modelship_runtime"],
+                "args": ["serve"],
+                "env": _server_env(spec, owner, artifact),
+                "ports": ports,
+                "resources": _resources(spec),
+                "securityContext": _container_security(),
+                "startupProbe": _probe("/v2/health/live", 2, 60),
+                "livenessProbe": _probe("/v2/health/live", 10, 3),
+                "readinessProbe": _probe("/v2/health/ready", 5, 2),
+                "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
+                "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [volume, {"name": "tmp", "emptyDir": {}}],
+    }
+    if init:
+        pod_spec["initContainers"] = init
+    return with_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta,
+            "spec": {
+                "replicas": desired_replicas(spec),
+                "selector": {"matchLabels": naming.selector_labels(owner.name)},
+                "revisionHistoryLimit": 3,
+                "progressDeadlineSeconds": max(
+                    1, math.ceil(duration_seconds(spec.rollout.progress_deadline))
+                ),
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"},
+                },
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        "annotations": {naming.ANNOTATION_DIGEST: artifact.digest},
+                    },
+                    "spec": pod_spec,
+                },
+            },
+        }
+    )
+
+
+def service(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]:
+    ports = [
+        {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
+        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+    ]
+    if spec.serving.grpc:
+        ports.insert(
+            1,
+            {
+                "name": "grpc",
+                "port": GRPC_PORT,
+                "targetPort": "grpc",
+                "protocol": "TCP",
+                "appProtocol": "kubernetes.io/h2c",
+            },
+        )
+    name = naming.serving_name(owner.name)
+    return with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(name, owner, naming.serving_labels(owner.name)),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": naming.selector_labels(owner.name),
+                "ports": ports,
+            },
+        }
+    )
+
+
+def autoscaler(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]:
+    """HPA on the ModelDeployment's scale subresource (see docs/operator.md, "Scaling")."""
+    scaling = spec.scaling
+    name = naming.serving_name(owner.name)
+    return with_hash(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": _meta(name, owner, naming.serving_labels(owner.name)),
+            "spec": {
+                "scaleTargetRef": {
+                    "apiVersion": api.API_VERSION,
+                    "kind": api.KIND,
+                    "name": owner.name,
+                },
+                "minReplicas": scaling.min_replicas,
+                "maxReplicas": scaling.max_replicas,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {
+                                "type": "Utilization",
+                                "averageUtilization": scaling.target_cpu_utilization,
+                            },
+                        },
+                    }
+                ],
+            },
+        }
+    )
+
+
+def disruption_budget(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any] | None:
+    """A PDB keeping all but one pod during voluntary disruptions, when there are two or more."""
+    if spec.scaling.min_replicas < 2:
+        return None
+    name = naming.serving_name(owner.name)
+    return with_hash(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": _meta(name, owner, naming.serving_labels(owner.name)),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": naming.selector_labels(owner.name)},
+            },
+        }
+    )
+
+
+def serving_objects(
+    spec: ModelDeploymentSpec,
+    owner: Owner,
+    artifact: Artifact,
+    request_key: str,
+    settings: Settings,
+) -> dict[str, dict[str, Any] | None]:
+    """Every serving child by kind; None means the kind must not exist (e.g. no PDB)."""
+    return {
+        "Deployment": deployment(spec, owner, artifact, request_key, settings),
+        "Service": service(spec, owner),
+        "HorizontalPodAutoscaler": autoscaler(spec, owner),
+        "PodDisruptionBudget": disruption_budget(spec, owner),
+    }

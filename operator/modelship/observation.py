@@ -1,0 +1,271 @@
+"""What the operator sees of the world, parsed from plain object dicts into small facts.
+
+The Kubernetes layer hands over objects as JSON-shaped dicts; everything here is pure so that the
+state machine can be driven tick by tick in tests without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from modelship import naming
+from modelship.plan import BuildTarget
+
+MAX_MESSAGE = 1024
+"""Builder messages are cut here: conditions and Events are for people, logs for details."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A published artifact, as the builder reported it."""
+
+    digest: str
+    uri: str
+    variant: str | None = None
+    size_bytes: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_status(), sort_keys=True, separators=(",", ":"))
+
+    def to_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"digest": self.digest, "uri": self.uri}
+        if self.variant:
+            out["variant"] = self.variant
+        if self.size_bytes is not None:
+            out["sizeBytes"] = self.size_bytes
+        return out
+
+    @classmethod
+    def from_json(cls, text: str) -> Artifact | None:
+        """Parse a builder result or an index entry; None when it is not one."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        return cls.from_dict(data) if isinstance(data, dict) else None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Artifact | None:
+        digest, uri = data.get("digest"), data.get("uri")
+        if not isinstance(digest, str) or not isinstance(uri, str):
+            return None
+        variant = data.get("variant")
+        size = data.get("sizeBytes", data.get("size_bytes"))
+        return cls(
+            digest=digest if digest.startswith("sha256:") else f"sha256:{digest}",
+            uri=uri,
+            variant=variant if isinstance(variant, str) else None,
+            size_bytes=size if isinstance(size, int) else None,
+        )
+
+
+class BuildState(StrEnum):
+    ABSENT = "Absent"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class BuildObservation:
+    """The build Job of the target, if any."""
+
+    state: BuildState = BuildState.ABSENT
+    job_name: str = ""
+    result: Artifact | None = None
+    reason: str = ""
+    message: str = ""
+    owned: bool = True
+    """Whether this ModelDeployment is among the Job's owners (another one may have created it)."""
+    duration_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class RolloutObservation:
+    """The serving Deployment."""
+
+    exists: bool = False
+    artifact: Artifact | None = None
+    request_key: str | None = None
+    desired: int = 0
+    replicas: int = 0
+    updated: int = 0
+    ready: int = 0
+    available: int = 0
+    complete: bool = False
+    deadline_exceeded: bool = False
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with a serving pod (or the rollout), said so a person can act on it."""
+
+    reason: str
+    message: str
+    pod: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    generation: int
+    target: BuildTarget
+    stored: Artifact | None = None
+    """The target's artifact according to the index (or the Deployment that already serves it)."""
+    build: BuildObservation = field(default_factory=BuildObservation)
+    rollout: RolloutObservation = field(default_factory=RolloutObservation)
+    problems: tuple[Problem, ...] = ()
+
+
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    try:
+        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        b = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (b - a).total_seconds()
+
+
+def termination_messages(pods: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(pod phase, reason, message) of each terminated builder container, newest first."""
+    found: list[tuple[str, str, str, str]] = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        for cs in status.get("containerStatuses") or []:
+            state = cs.get("state") or {}
+            terminated = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            if terminated:
+                found.append(
+                    (
+                        terminated.get("finishedAt") or "",
+                        status.get("phase", ""),
+                        terminated.get("reason") or "",
+                        (terminated.get("message") or "").strip(),
+                    )
+                )
+    found.sort(reverse=True)
+    return [(phase, reason, message) for _, phase, reason, message in found]
+
+
+def _builder_error(message: str) -> str:
+    """The builder writes JSON; show its error text, else the raw message (logs on error)."""
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return message
+    if isinstance(data, dict):
+        for key in ("error", "message", "reason"):
+            if isinstance(data.get(key), str):
+                return str(data[key])
+    return message
+
+
+def parse_build(
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    owner_uid: str,
+    pinned: Artifact | None = None,
+) -> BuildObservation:
+    """A build Job (and its pods' termination messages) as a BuildObservation.
+
+    ``pinned`` is where the artifact of a pinned source must be: it stands in for the result when
+    the builder pod (and so its termination message) is already gone.
+    """
+    if job is None:
+        return BuildObservation()
+    name = job.get("metadata", {}).get("name", "")
+    owned = any(
+        ref.get("uid") == owner_uid for ref in job.get("metadata", {}).get("ownerReferences") or []
+    )
+    conditions = _conditions(job)
+    status = job.get("status") or {}
+    duration = _seconds_between(status.get("startTime"), status.get("completionTime"))
+    messages = termination_messages(pods)
+    if conditions.get("Complete", {}).get("status") == "True":
+        for phase, _reason, message in messages:
+            result = Artifact.from_json(message) if phase == "Succeeded" else None
+            if result is not None:
+                return BuildObservation(
+                    BuildState.SUCCEEDED, name, result, owned=owned, duration_seconds=duration
+                )
+        if pinned is not None:
+            return BuildObservation(
+                BuildState.SUCCEEDED, name, pinned, owned=owned, duration_seconds=duration
+            )
+        return BuildObservation(
+            BuildState.FAILED,
+            name,
+            reason="BuildResultMissing",
+            message=f"build Job {name} completed but no builder pod holds its result "
+            "(termination message); delete the Job to build again",
+            owned=owned,
+        )
+    failed = conditions.get("Failed", {})
+    if failed.get("status") == "True":
+        detail = next((_builder_error(m) for _, _, m in messages if m), "")
+        job_reason = failed.get("reason") or "BuildFailed"
+        job_message = failed.get("message") or ""
+        parts = [f"build Job {name} failed ({job_reason}: {job_message})".replace(" ()", "")]
+        if detail:
+            parts.append(f"builder said: {detail}")
+        parts.append(f"fix the spec, or delete Job {name} to retry")
+        return BuildObservation(
+            BuildState.FAILED,
+            name,
+            reason=job_reason,
+            message=_shorten("; ".join(parts)),
+            owned=owned,
+            duration_seconds=_seconds_between(
+                status.get("startTime"), failed.get("lastTransitionTime")
+            ),
+        )
+    return BuildObservation(BuildState.RUNNING, name, owned=owned)
+
+
+def parse_rollout(deployment: dict[str, Any] | None) -> RolloutObservation:
+    if deployment is None:
+        return RolloutObservation()
+    meta = deployment.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    desired = int(spec.get("replicas", 1))
+    replicas = int(status.get("replicas", 0))
+    updated = int(status.get("updatedReplicas", 0))
+    ready = int(status.get("readyReplicas", 0))
+    available = int(status.get("availableReplicas", 0))
+    observed = int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
+    progressing = _conditions(deployment).get("Progressing", {})
+    deadline = (
+        progressing.get("status") == "False"
+        and progressing.get("reason") == "ProgressDeadlineExceeded"
+    )
+    artifact_json = annotations.get(naming.ANNOTATION_ARTIFACT)
+    return RolloutObservation(
+        exists=True,
+        artifact=Artifact.from_json(artifact_json) if artifact_json else None,
+        request_key=annotations.get(naming.ANNOTATION_REQUEST_KEY),
+        desired=desired,
+        replicas=replicas,
+        updated=updated,
+        ready=ready,
+        available=available,
+        complete=observed and updated == desired and replicas == desired and available == desired,
+        deadline_exceeded=deadline,
+        message=_shorten(progressing.get("message", "")) if deadline else "",
+    )
