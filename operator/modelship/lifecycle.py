@@ -105,12 +105,12 @@ def _next(obs: Observation) -> tuple[State, list[Action]]:
         if build.state is BuildState.ABSENT:
             return State(
                 Phase.BUILDING,
-                "BuildStarted",
+                "Building",
                 f"building the artifact in Job {obs.target.job_name}",
             ), [StartBuild(), *keep]
         adopt: list[Action] = [] if build.owned else [AdoptBuild()]
         return State(
-            Phase.BUILDING, "Building", f"build Job {build.job_name} is running"
+            Phase.BUILDING, "Building", f"building the artifact in Job {build.job_name}"
         ), adopt + keep
 
     actions.append(EnsureServing(artifact))

@@ -1,0 +1,126 @@
+"""Desired children: pure spec -> dict builders, checked by equality on the fields that matter."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from modelship import desired, naming
+from modelship.api.v1alpha1 import ModelDeploymentSpec
+from modelship.naming import Owner
+from modelship.observation import Artifact
+from modelship.plan import build_target
+from modelship.settings import Settings
+
+OWNER = Owner("sentiment", "ml", "uid-1")
+HEX = "3" * 64
+ART = Artifact(f"sha256:{HEX}", f"file:///artifacts/{HEX}", "int8-dynamic")
+
+
+def spec(**extra: Any) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate(
+        {"model": {"uri": "pvc://models/m.onnx", "sha256": "a" * 64}} | extra
+    )
+
+
+def test_build_job_runs_the_builder_with_the_plan_safely() -> None:
+    s = spec()
+    target = build_target(s, Settings().artifact_store())
+    job = desired.build_job(s, target, OWNER, Settings())
+    assert job["metadata"]["name"] == target.job_name
+    assert job["metadata"]["ownerReferences"] == [OWNER.reference(controller=False)]
+    pod = job["spec"]["template"]
+    plan = json.loads(pod["metadata"]["annotations"][naming.ANNOTATION_PLAN])
+    assert plan["source"]["uri"] == "pvc://models/m.onnx"
+    assert plan["store"]["uri"] == "file:///artifacts"
+    container = pod["spec"]["containers"][0]
+    assert container["args"] == ["build", "--plan", "/etc/modelship/plan.json"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["limits"]["memory"] == "4Gi"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert "/artifacts" in mounts
+    assert mounts["/mnt/pvc/models"]["readOnly"] is True
+    assert job["spec"]["backoffLimit"] == 2
+
+
+def test_deployment_serves_the_artifact_read_only_from_the_pvc() -> None:
+    dep = desired.deployment(spec(), OWNER, ART, "req", Settings())
+    pod = dep["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["args"] == ["serve"]
+    model = next(m for m in server["volumeMounts"] if m["name"] == "model")
+    assert model == {"name": "model", "mountPath": "/model", "subPath": HEX, "readOnly": True}
+    assert next(v for v in pod["volumes"] if v["name"] == "model")["persistentVolumeClaim"] == {
+        "claimName": "modelship-artifacts",
+        "readOnly": True,
+    }
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert server["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert server["resources"] == {"requests": {"cpu": "1", "memory": "1Gi"}}
+    assert [p["containerPort"] for p in server["ports"]] == [8080, 8081, 9090]
+    assert dep["spec"]["selector"]["matchLabels"] == naming.selector_labels("sentiment")
+    assert dep["spec"]["replicas"] == 1
+    assert dep["metadata"]["ownerReferences"] == [OWNER.reference()]
+
+
+def test_s3_store_fetches_in_an_init_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSHIP_STORE_S3_BUCKET", "arts")
+    art = Artifact(ART.digest, f"s3://arts/artifacts/{HEX}")
+    pod = desired.deployment(spec(), OWNER, art, "req", Settings())["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["args"][:3] == ["fetch", "--uri", art.uri]
+    assert next(v for v in pod["volumes"] if v["name"] == "model") == {
+        "name": "model",
+        "emptyDir": {},
+    }
+
+
+def test_artifact_outside_the_store_is_an_error_that_says_what_to_do() -> None:
+    with pytest.raises(desired.ArtifactLocationError, match="delete the build Job"):
+        desired.deployment(spec(), OWNER, Artifact(ART.digest, "s3://x/y"), "req", Settings())
+
+
+def test_replicas_follow_spec_replicas_within_bounds() -> None:
+    assert desired.desired_replicas(spec(scaling={"minReplicas": 2, "maxReplicas": 5})) == 2
+    assert desired.desired_replicas(spec(replicas=4, scaling={"maxReplicas": 5})) == 4
+    assert desired.desired_replicas(spec(replicas=9, scaling={"maxReplicas": 5})) == 5
+
+
+def test_hpa_targets_the_model_deployment_scale_subresource() -> None:
+    hpa = desired.autoscaler(spec(scaling={"minReplicas": 2, "maxReplicas": 7}), OWNER)
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "modelship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "sentiment",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 7)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+
+
+def test_pdb_only_from_two_replicas() -> None:
+    assert desired.disruption_budget(spec(), OWNER) is None
+    pdb = desired.disruption_budget(spec(scaling={"minReplicas": 2, "maxReplicas": 3}), OWNER)
+    assert pdb is not None
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_service_without_grpc_has_no_grpc_port() -> None:
+    svc = desired.service(spec(serving={"grpc": False}), OWNER)
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["http", "metrics"]
+
+
+def test_hash_changes_only_for_the_object_whose_content_changed() -> None:
+    a = desired.serving_objects(spec(), OWNER, ART, "req", Settings())
+    b = desired.serving_objects(spec(scaling={"maxReplicas": 9}), OWNER, ART, "req", Settings())
+    changed = {k for k in a if desired.applied_hash(a[k]) != desired.applied_hash(b[k])}
+    assert changed == {"HorizontalPodAutoscaler"}
