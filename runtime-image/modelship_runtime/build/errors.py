@@ -1,0 +1,16 @@
+"""The one error type of the builder: a message for people and a reason for the operator."""
+
+from __future__ import annotations
+
+
+class BuildError(Exception):
+    """A build that cannot succeed as asked; the message says what is wrong and how to fix it.
+
+    ``reason`` is a CamelCase word the operator can put into a Condition (FetchFailed,
+    InvalidModel, AccuracyBudget, ...).
+    """
+
+    def __init__(self, message: str, *, reason: str = "BuildFailed") -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason

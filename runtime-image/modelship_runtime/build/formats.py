@@ -1,0 +1,65 @@
+"""Which source formats the builder reads, and how to recognise the ones it does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelship.api.v1alpha1 import ModelFormat
+from modelship_runtime.build.errors import BuildError
+
+SUPPORTED = (
+    "onnx (an ONNX ModelProto, .onnx, optionally inside a .tar/.tar.gz/.zip), "
+    "sklearn (a pickled or joblib scikit-learn estimator or pipeline; needs allowPickle: true)"
+)
+MODEL_SUFFIXES = {
+    ModelFormat.ONNX: (".onnx",),
+    ModelFormat.SKLEARN: (".pkl", ".pickle", ".joblib"),
+}
+
+
+def unsupported(what: str) -> BuildError:
+    return BuildError(
+        f"{what}; supported formats: {SUPPORTED}. Convert the model to one of them "
+        "(e.g. torch.onnx.export, tf2onnx) and set spec.model.format",
+        reason="UnsupportedFormat",
+    )
+
+
+def sniff(path: Path) -> str | None:
+    """Name of a well-known non-ONNX format ``path`` is in, if it is one."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (Keras .h5)"
+    if head.startswith(b"GGUF"):
+        return "a GGUF file (llama.cpp)"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a PyTorch .pt/.pth checkpoint?)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (use format sklearn with allowPickle if it is scikit-learn)"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "a safetensors file (weights only, no graph)"
+    return None
+
+
+def locate(root: Path, fmt: ModelFormat, archive: str) -> Path:
+    """The model file inside an unpacked archive."""
+    suffixes = MODEL_SUFFIXES[fmt]
+    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in suffixes)
+    if len(found) == 1:
+        return found[0]
+    named = [p for p in found if p.stem == "model"]
+    if len(named) == 1:
+        return named[0]
+    names = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())[:20]
+    if not found:
+        raise unsupported(
+            f"archive {archive} has no {'/'.join(suffixes)} file for format {fmt.value} "
+            f"(it holds: {', '.join(names) or 'nothing'})"
+        )
+    raise BuildError(
+        f"archive {archive} has several {'/'.join(suffixes)} files "
+        f"({', '.join(str(p.relative_to(root)) for p in found[:10])}); name the one to serve "
+        "model" + suffixes[0],
+        reason="InvalidModel",
+    )

@@ -1,0 +1,104 @@
+"""Sample inputs for calibration, validation and benchmarks, and their drift statistics.
+
+Calibration data is an .npz with one array per input name, samples along the first axis (extra
+arrays are ignored). Without it, inputs are generated from the signature: floats ~ N(0, 1); int
+inputs named like *mask* are ones, *type* zeros, other ints small ids in [0, 100); dynamic
+dimensions are 1 for the batch and 16 elsewhere. Generated inputs suit smoke checks, not
+calibration: give real data for int8-static and meaningful accuracy figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from modelship.api.artifact import Signature, TensorStats
+from modelship.api.v1alpha1 import TensorDatatype, TensorSpec
+from modelship_runtime.build.errors import BuildError
+from modelship_runtime.build.signature import OIP_TO_NUMPY
+
+Feed = dict[str, np.ndarray]
+GENERATED_SAMPLES = 32
+_DYNAMIC_DIM = 16
+_HISTOGRAM_BINS = 10
+
+
+def load_npz(path: Path, signature: Signature, limit: int) -> list[Feed]:
+    """One single-sample feed per row of the calibration arrays, at most ``limit``."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise BuildError(
+            f"calibration file {path.name} is not a readable .npz ({e}); save it with "
+            "numpy.savez(path, **{input_name: array})",
+            reason="InvalidCalibration",
+        ) from e
+    with data:
+        missing = [t.name for t in signature.inputs if t.name not in data.files]
+        if missing:
+            raise BuildError(
+                f"calibration file {path.name} lacks arrays for inputs {missing} (it has "
+                f"{data.files}); store one array per model input, samples on axis 0",
+                reason="InvalidCalibration",
+            )
+        arrays = {
+            t.name: np.asarray(data[t.name]).astype(OIP_TO_NUMPY[t.datatype], copy=False)
+            for t in signature.inputs
+        }
+    counts = {len(a) for a in arrays.values()}
+    if len(counts) != 1:
+        raise BuildError(
+            f"calibration arrays in {path.name} have different sample counts {sorted(counts)}; "
+            "every input needs one row per sample",
+            reason="InvalidCalibration",
+        )
+    n = min(counts.pop(), limit)
+    return [{name: a[i : i + 1] for name, a in arrays.items()} for i in range(n)]
+
+
+def _generate_one(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
+    shape = [d if d > 0 else (1 if i == 0 else _DYNAMIC_DIM) for i, d in enumerate(spec.shape)]
+    dtype = OIP_TO_NUMPY[spec.datatype]
+    name = spec.name.lower()
+    if spec.datatype in (TensorDatatype.FP16, TensorDatatype.FP32, TensorDatatype.FP64):
+        return rng.standard_normal(shape).astype(dtype)
+    if spec.datatype == TensorDatatype.BOOL:
+        return rng.random(shape) < 0.5
+    if spec.datatype == TensorDatatype.BYTES:
+        raise BuildError(
+            f"cannot generate sample strings for input {spec.name!r}; provide "
+            "optimization.calibration.uri with real inputs",
+            reason="InvalidCalibration",
+        )
+    if "mask" in name:
+        return np.ones(shape, dtype)
+    if "type" in name:
+        return np.zeros(shape, dtype)
+    return rng.integers(0, 100, shape).astype(dtype)
+
+
+def generate(signature: Signature, count: int, seed: int = 0) -> list[Feed]:
+    rng = np.random.default_rng(seed)
+    return [{t.name: _generate_one(t, rng) for t in signature.inputs} for _ in range(count)]
+
+
+def statistics(feeds: list[Feed]) -> dict[str, TensorStats]:
+    """Per-input distribution of the samples: the baseline the server compares traffic with."""
+    stats: dict[str, TensorStats] = {}
+    for name in feeds[0] if feeds else ():
+        values = np.concatenate([f[name].reshape(-1) for f in feeds])
+        if values.dtype == np.object_ or values.size == 0:
+            continue
+        values = values.astype(np.float64)
+        counts, edges = np.histogram(values, bins=_HISTOGRAM_BINS)
+        stats[name] = TensorStats(
+            mean=float(values.mean()),
+            std=float(values.std()),
+            min=float(values.min()),
+            max=float(values.max()),
+            count=int(values.size),
+            histogram_edges=[float(e) for e in edges],
+            histogram_counts=[int(c) for c in counts],
+        )
+    return stats

@@ -1,0 +1,323 @@
+"""The content-addressed artifact store: a directory (a mounted PVC) or an S3 prefix.
+
+Layout under the store root::
+
+    <digest-hex>/model.onnx
+    <digest-hex>/manifest.json        written last: the commit marker, the only thing readers trust
+    index/<request_key>.json          maps a build request (unpinned source) to its digest
+
+Light on purpose (no onnxruntime, no onnx): the operator and the runtime server's S3 init mode
+import it too. Use :func:`open_store` and the :class:`Store` protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict
+
+from modelship.api.artifact import MANIFEST_FILE, ArtifactStore, Manifest
+from modelship_runtime.io_settings import IOSettings
+from modelship_runtime.s3client import make_client, parse_s3_uri
+
+_DIGEST = re.compile(r"^sha256:([a-f0-9]{64})$")
+_REQUEST_KEY = re.compile(r"^[a-f0-9]{64}$")
+_PUBLISH_ROUNDS = 5
+
+
+class StoreError(Exception):
+    """The store cannot be read or written as asked; the message says why and what to do."""
+
+
+class IndexEntry(BaseModel):
+    """``index/<request_key>.json``: which artifact a build request produced."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    digest: str
+    source_sha256: str
+    source_uri: str
+    created_at: str = ""
+
+
+def digest_hex(digest: str) -> str:
+    """The hex part of ``sha256:<hex>``, the artifact's folder name."""
+    m = _DIGEST.match(digest)
+    if not m:
+        raise StoreError(f"{digest!r} is not an artifact digest; expected sha256:<64 hex>")
+    return m.group(1)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_model(path: Path, manifest: Manifest, where: str) -> None:
+    if manifest.model_sha256 and file_sha256(path) != manifest.model_sha256:
+        raise StoreError(
+            f"{where}: model bytes do not match manifest.model_sha256 (a concurrent publish may "
+            "be in progress, or the store was modified by hand); retry, or delete the artifact "
+            "folder so the next build republishes it"
+        )
+
+
+class Store(Protocol):
+    """What the operator, the builder and the runtime need from an artifact store."""
+
+    uri: str
+
+    def artifact_uri(self, digest: str) -> str: ...
+    def exists(self, digest: str) -> bool: ...
+    def get_manifest(self, digest: str) -> Manifest | None: ...
+    def download(self, digest: str, dest: Path) -> Manifest: ...
+    def publish(self, digest: str, model: Path, manifest: Manifest) -> str: ...
+    def get_index(self, request_key: str) -> IndexEntry | None: ...
+    def put_index(self, request_key: str, entry: IndexEntry) -> None: ...
+
+
+def _index_name(request_key: str) -> str:
+    if not _REQUEST_KEY.match(request_key):
+        raise StoreError(f"{request_key!r} is not a request key; expected 64 hex characters")
+    return f"{request_key}.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_local_atomically(dest: Path, data: bytes) -> None:
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+
+
+class DirectoryStore:
+    """A store in a local directory; publishing is a rename of a complete temp folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uri = root.as_uri()
+
+    def _dir(self, digest: str) -> Path:
+        return self.root / digest_hex(digest)
+
+    def artifact_uri(self, digest: str) -> str:
+        return self._dir(digest).as_uri()
+
+    def exists(self, digest: str) -> bool:
+        return (self._dir(digest) / MANIFEST_FILE).is_file()
+
+    def get_manifest(self, digest: str) -> Manifest | None:
+        path = self._dir(digest) / MANIFEST_FILE
+        try:
+            return Manifest.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def download(self, digest: str, dest: Path) -> Manifest:
+        manifest = self.get_manifest(digest)
+        if manifest is None:
+            raise StoreError(f"artifact {digest} is not in {self.uri}; build it first")
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = dest / f".{manifest.model_file}.{uuid.uuid4().hex}.tmp"
+        shutil.copyfile(self._dir(digest) / manifest.model_file, tmp)
+        _check_model(tmp, manifest, f"{self.artifact_uri(digest)}")
+        os.replace(tmp, dest / manifest.model_file)
+        _write_local_atomically(dest / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+        return manifest
+
+    def publish(self, digest: str, model: Path, manifest: Manifest) -> str:
+        final = self._dir(digest)
+        if self.exists(digest):
+            return self.artifact_uri(digest)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Same filesystem as the final folder, so the rename below is atomic.
+        tmp = self.root / f".tmp-{digest_hex(digest)}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            shutil.copyfile(model, tmp / manifest.model_file)
+            with (tmp / manifest.model_file).open("rb") as f:
+                os.fsync(f.fileno())
+            _write_local_atomically(
+                tmp / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode()
+            )
+            try:
+                os.rename(tmp, final)
+            except OSError as e:
+                # A concurrent build of the same digest got there first: theirs stands.
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not self.exists(digest):
+                    raise
+            _fsync_dir(self.root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.artifact_uri(digest)
+
+    def get_index(self, request_key: str) -> IndexEntry | None:
+        path = self.root / "index" / _index_name(request_key)
+        try:
+            return IndexEntry.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def put_index(self, request_key: str, entry: IndexEntry) -> None:
+        path = self.root / "index" / _index_name(request_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_local_atomically(path, entry.model_dump_json().encode())
+
+
+class S3Store:
+    """A store under an S3 prefix; the manifest is uploaded after the model and is the commit."""
+
+    def __init__(self, uri: str, client: Any) -> None:
+        self.uri = uri.rstrip("/")
+        self.bucket, self.prefix = parse_s3_uri(self.uri)
+        self.client = client
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def artifact_uri(self, digest: str) -> str:
+        return f"s3://{self.bucket}/{self._key(digest_hex(digest))}"
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        except self.client.exceptions.NoSuchBucket as e:
+            raise StoreError(
+                f"bucket {self.bucket!r} of store {self.uri} does not exist; create it first"
+            ) from e
+        return body
+
+    def exists(self, digest: str) -> bool:
+        return self.get_manifest(digest) is not None
+
+    def get_manifest(self, digest: str) -> Manifest | None:
+        data = self._get(self._key(digest_hex(digest), MANIFEST_FILE))
+        return Manifest.model_validate_json(data) if data is not None else None
+
+    def _stored_model_sha256(self, digest: str, model_file: str) -> str | None:
+        try:
+            head = self.client.head_object(
+                Bucket=self.bucket, Key=self._key(digest_hex(digest), model_file)
+            )
+        except self.client.exceptions.ClientError:
+            return None
+        sha: str | None = head.get("Metadata", {}).get("sha256")
+        return sha
+
+    def _consistent(self, digest: str) -> bool:
+        manifest = self.get_manifest(digest)
+        return manifest is not None and (
+            manifest.model_sha256 is None
+            or self._stored_model_sha256(digest, manifest.model_file) == manifest.model_sha256
+        )
+
+    def download(self, digest: str, dest: Path) -> Manifest:
+        manifest = self.get_manifest(digest)
+        if manifest is None:
+            raise StoreError(f"artifact {digest} is not in {self.uri}; build it first")
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = dest / f".{manifest.model_file}.{uuid.uuid4().hex}.tmp"
+        try:
+            self.client.download_file(
+                self.bucket, self._key(digest_hex(digest), manifest.model_file), str(tmp)
+            )
+            _check_model(tmp, manifest, self.artifact_uri(digest))
+            os.replace(tmp, dest / manifest.model_file)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _write_local_atomically(dest / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+        return manifest
+
+    def publish(self, digest: str, model: Path, manifest: Manifest) -> str:
+        # S3 has no rename. Model first, manifest last; readers trust only a manifest whose
+        # model_sha256 matches the model's. Concurrent builders of one digest may have produced
+        # different bytes (auto selection is timing-based), so each checks afterwards that the
+        # pair is consistent and rewrites its own pair if not; this settles on one intact pair.
+        sha = manifest.model_sha256 or file_sha256(model)
+        manifest = manifest.model_copy(update={"model_sha256": sha})
+        model_key = self._key(digest_hex(digest), manifest.model_file)
+        manifest_key = self._key(digest_hex(digest), MANIFEST_FILE)
+        for _ in range(_PUBLISH_ROUNDS):
+            if self._consistent(digest):
+                return self.artifact_uri(digest)
+            if self._stored_model_sha256(digest, manifest.model_file) != sha:
+                self.client.upload_file(
+                    str(model), self.bucket, model_key, ExtraArgs={"Metadata": {"sha256": sha}}
+                )
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=manifest_key,
+                Body=manifest.model_dump_json(indent=2).encode(),
+                ContentType="application/json",
+            )
+        if self._consistent(digest):
+            return self.artifact_uri(digest)
+        raise StoreError(
+            f"could not publish {digest} to {self.uri}: other writers kept replacing it; retry"
+        )
+
+    def get_index(self, request_key: str) -> IndexEntry | None:
+        data = self._get(self._key("index", _index_name(request_key)))
+        return IndexEntry.model_validate_json(data) if data is not None else None
+
+    def put_index(self, request_key: str, entry: IndexEntry) -> None:
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=self._key("index", _index_name(request_key)),
+            Body=entry.model_dump_json().encode(),
+            ContentType="application/json",
+        )
+
+
+def local_path(uri: str, io: IOSettings | None = None) -> Path:
+    """The local path of a file:///path or pvc://claim/path URI (claims mount under pvc_root)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise StoreError(f"{uri!r}: file URIs must be file:///absolute/path")
+        return Path(parsed.path)
+    if parsed.scheme == "pvc":
+        io = io or IOSettings()
+        rel = Path(parsed.path.lstrip("/"))
+        if not parsed.netloc or ".." in rel.parts:
+            raise StoreError(f"{uri!r}: write pvc URIs as pvc://<claim>/<path> without '..'")
+        return io.pvc_root / parsed.netloc / rel
+    raise StoreError(f"{uri!r} is not a file:// or pvc:// URI")
+
+
+def open_store(store: ArtifactStore, io: IOSettings | None = None) -> Store:
+    """The store for ``ArtifactStore.uri``: file:///path, pvc://claim/path or s3://bucket/prefix."""
+    scheme = urlparse(store.uri).scheme
+    if scheme in ("file", "pvc"):
+        return DirectoryStore(local_path(store.uri, io))
+    if scheme == "s3":
+        return S3Store(store.uri, make_client(store.s3, io))
+    raise StoreError(
+        f"store uri {store.uri!r} is not supported; use file:///path, pvc://claim/path "
+        "or s3://bucket/prefix"
+    )
