@@ -89,6 +89,7 @@ class RolloutObservation:
     """The serving Deployment."""
 
     exists: bool = False
+    applied_hash: str | None = None
     artifact: Artifact | None = None
     request_key: str | None = None
     desired: int = 0
@@ -258,6 +259,7 @@ def parse_rollout(deployment: dict[str, Any] | None) -> RolloutObservation:
     artifact_json = annotations.get(naming.ANNOTATION_ARTIFACT)
     return RolloutObservation(
         exists=True,
+        applied_hash=annotations.get(naming.ANNOTATION_APPLIED_HASH),
         artifact=Artifact.from_json(artifact_json) if artifact_json else None,
         request_key=annotations.get(naming.ANNOTATION_REQUEST_KEY),
         desired=desired,

@@ -1,0 +1,62 @@
+"""The operator's own Prometheus metrics, served on their own port (MODELSHIP_METRICS_PORT)."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from modelship.api.v1alpha1 import Phase
+
+
+class OperatorMetrics:
+    """Fixed label sets only: outcome and phase values come from small enums."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reconciles = Counter(
+            "modelship_operator_reconciles_total",
+            "Reconciles of ModelDeployments by outcome (ok, error, invalid).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "modelship_operator_reconcile_duration_seconds",
+            "Time of one reconcile (observe, decide, act, write status).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.builds = Counter(
+            "modelship_operator_builds_total",
+            "Finished artifact builds by outcome (succeeded, failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.build_seconds = Histogram(
+            "modelship_operator_build_duration_seconds",
+            "Duration of finished build Jobs, from start to completion.",
+            ["outcome"],
+            buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+            registry=self.registry,
+        )
+        self.objects = Gauge(
+            "modelship_operator_objects",
+            "ModelDeployments by phase, as last reconciled.",
+            ["phase"],
+            registry=self.registry,
+        )
+        for phase in Phase:
+            self.objects.labels(phase.value)
+
+    def observe_build(self, outcome: str, seconds: float | None) -> None:
+        self.builds.labels(outcome).inc()
+        if seconds is not None:
+            self.build_seconds.labels(outcome).observe(seconds)
+
+    def set_phases(self, phases: Tally[str]) -> None:
+        for phase in Phase:
+            self.objects.labels(phase.value).set(phases.get(phase.value, 0))
+
+    def serve(self, port: int) -> None:
+        if port:
+            start_http_server(port, registry=self.registry)
