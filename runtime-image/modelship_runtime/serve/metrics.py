@@ -1,0 +1,210 @@
+"""Prometheus metrics, served on their own port. Label sets are fixed and bounded.
+
+The operator's canary analysis reads ``modelship_requests_total{model,protocol,code}`` (success
+rate: code="200" over all) and ``modelship_request_duration_seconds`` (p99). ``code`` is the HTTP
+status for both protocols (gRPC statuses are mapped: OK=200, INVALID_ARGUMENT=400, ...), and
+``model`` is the served model's name or "_unknown" for requests naming another model, so a client
+cannot create series at will.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modelship.api.artifact import TensorStats
+from modelship_runtime.serve.model import Feeds, Outputs, Predictor
+
+UNKNOWN_MODEL = "_unknown"
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class RequestMetrics:
+    """Request counters, latency, in-flight and batching figures for one served model."""
+
+    def __init__(self, registry: CollectorRegistry, model_name: str) -> None:
+        self.model_name = model_name
+        self.requests = Counter(
+            "modelship_requests",
+            "Inference requests by model, protocol (rest|grpc) and code (HTTP status, also for "
+            "gRPC).",
+            ["model", "protocol", "code"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "modelship_request_duration_seconds",
+            "Inference request latency from receipt to response, in seconds.",
+            ["model", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "modelship_requests_in_flight",
+            "Inference requests being processed now.",
+            ["model"],
+            registry=registry,
+        ).labels(model_name)
+        self.queue_seconds = Histogram(
+            "modelship_batch_queue_seconds",
+            "Time a request waited in the dynamic-batching queue, in seconds.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(model_name)
+        self.batch_size = Histogram(
+            "modelship_batch_size",
+            "Items per model call made by the dynamic batcher.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        ).labels(model_name)
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
+
+    def started(self) -> None:
+        self.in_flight.inc()
+
+    def finished(self, protocol: str, model: str, code: int, started: float) -> None:
+        self.in_flight.dec()
+        if model != self.model_name:
+            model = UNKNOWN_MODEL
+        key = (model, protocol, code)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(model, protocol, str(code))
+        counter.inc()
+        histogram = self._histograms.get((model, protocol))
+        if histogram is None:
+            histogram = self._histograms[(model, protocol)] = self.duration.labels(model, protocol)
+        histogram.observe(time.perf_counter() - started)
+
+    def observe_batch(self, size: int, queue_seconds: Sequence[float]) -> None:
+        self.batch_size.observe(size)
+        for seconds in queue_seconds:
+            self.queue_seconds.observe(seconds)
+
+
+class _Window:
+    __slots__ = ("count", "histogram", "sum", "sum_sq")
+
+    def __init__(self, bins: int) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.sum_sq = 0.0
+        self.histogram = np.zeros(bins, dtype=np.int64)
+
+
+class DriftMonitor:
+    """Compares live input values with the calibration statistics from the manifest.
+
+    Score per input: the population stability index over the calibration histogram when the
+    manifest has one (0 = same distribution, > 0.25 is usually called a major shift), else the
+    shift of the mean in calibration standard deviations. Computed over the last one or two
+    windows of ``window`` values, so it follows recent traffic.
+    """
+
+    def __init__(self, baseline: Mapping[str, TensorStats], window: int = 100_000) -> None:
+        self.baseline = dict(baseline)
+        self.window = window
+        self._edges = {
+            name: np.asarray(stats.histogram_edges[1:-1], dtype=np.float64)
+            for name, stats in self.baseline.items()
+            if len(stats.histogram_counts) >= 2
+            and len(stats.histogram_edges) == len(stats.histogram_counts) + 1
+        }
+        self._current = {name: self._new(name) for name in self.baseline}
+        self._previous: dict[str, _Window | None] = dict.fromkeys(self.baseline)
+
+    def _new(self, name: str) -> _Window:
+        edges = self._edges.get(name)
+        return _Window(0 if edges is None else len(edges) + 1)
+
+    def observe(self, feeds: Feeds) -> None:
+        for name, window in self._current.items():
+            array = feeds.get(name)
+            if array is None or array.dtype.kind not in "biuf" or array.size == 0:
+                continue
+            values = array.reshape(-1).astype(np.float64, copy=False)
+            window.count += values.size
+            window.sum += float(values.sum())
+            window.sum_sq += float(np.dot(values, values))
+            edges = self._edges.get(name)
+            if edges is not None:
+                window.histogram += np.bincount(
+                    np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1
+                )
+            if window.count >= self.window:
+                self._previous[name] = window
+                self._current[name] = self._new(name)
+
+    def scores(self) -> dict[str, float]:
+        result: dict[str, float] = {}
+        for name, stats in self.baseline.items():
+            windows = [w for w in (self._previous[name], self._current[name]) if w and w.count]
+            if not windows:
+                continue
+            count = sum(w.count for w in windows)
+            if name in self._edges:
+                observed = np.sum([w.histogram for w in windows], axis=0)
+                result[name] = _psi(np.asarray(stats.histogram_counts, np.float64), observed)
+            else:
+                mean = sum(w.sum for w in windows) / count
+                result[name] = abs(mean - stats.mean) / (stats.std if stats.std > 0 else 1.0)
+        return result
+
+
+def _psi(expected: np.ndarray[Any, Any], observed: np.ndarray[Any, Any]) -> float:
+    eps = 1e-4
+    p = np.maximum(expected / max(expected.sum(), 1), eps)
+    q = np.maximum(observed / max(observed.sum(), 1), eps)
+    value = float(np.sum((q - p) * np.log(q / p)))
+    return value if math.isfinite(value) else 0.0
+
+
+class DriftCollector(Collector):
+    """Exposes ``modelship_input_drift_score{model,input}``, computed at scrape time."""
+
+    def __init__(self, monitor: DriftMonitor, model_name: str) -> None:
+        self.monitor = monitor
+        self.model_name = model_name
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "modelship_input_drift_score",
+            "Input drift against the calibration statistics: PSI over the calibration "
+            "histogram, or the mean shift in calibration standard deviations.",
+            labels=["model", "input"],
+        )
+        for name, score in self.monitor.scores().items():
+            family.add_metric([self.model_name, name], score)
+        yield family
+
+
+class DriftObservingPredictor:
+    """Predictor wrapper feeding every n-th request's inputs to a :class:`DriftMonitor`."""
+
+    def __init__(self, inner: Predictor, monitor: DriftMonitor, every: int = 1) -> None:
+        self.inner = inner
+        self.monitor = monitor
+        self.every = every
+        self._seen = 0
+
+    async def predict(self, feeds: Feeds, output_names: Sequence[str] | None) -> Outputs:
+        self._seen += 1
+        if self._seen >= self.every:
+            self._seen = 0
+            self.monitor.observe(feeds)
+        return await self.inner.predict(feeds, output_names)
+
+    async def close(self) -> None:
+        await self.inner.close()
