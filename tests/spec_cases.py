@@ -72,13 +72,21 @@ INVALID_CASES = [
     InvalidCase("sha256-short", "spec.model.sha256", _set("spec.model.sha256", "abc123")),
     InvalidCase("sha256-uppercase", "spec.model.sha256", _set("spec.model.sha256", "A" * 64)),
     InvalidCase("format-unknown", "spec.model.format", _set("spec.model.format", "tensorflow")),
-    InvalidCase("pickle-without-opt-in", "spec.model.allowPickle", _set("spec.model.format", "sklearn")),
     InvalidCase(
-        "s3-settings-on-https", "spec.model.s3", _set("spec.model.s3", {"endpoint": "http://minio:9000"})
+        "pickle-without-opt-in", "spec.model.allowPickle", _set("spec.model.format", "sklearn")
     ),
-    InvalidCase("graph-level-unknown", "spec.optimization.graph", _set("spec.optimization.graph", "O3")),
     InvalidCase(
-        "precision-unknown", "spec.optimization.precision", _set("spec.optimization.precision", "int4")
+        "s3-settings-on-https",
+        "spec.model.s3",
+        _set("spec.model.s3", {"endpoint": "http://minio:9000"}),
+    ),
+    InvalidCase(
+        "graph-level-unknown", "spec.optimization.graph", _set("spec.optimization.graph", "O3")
+    ),
+    InvalidCase(
+        "precision-unknown",
+        "spec.optimization.precision",
+        _set("spec.optimization.precision", "int4"),
     ),
     InvalidCase(
         "static-int8-without-calibration",
@@ -86,7 +94,9 @@ INVALID_CASES = [
         _set("spec.optimization.precision", "int8-static"),
     ),
     InvalidCase(
-        "accuracy-above-one", "spec.optimization.accuracy.min", _set("spec.optimization.accuracy.min", 1.5)
+        "accuracy-above-one",
+        "spec.optimization.accuracy.min",
+        _set("spec.optimization.accuracy.min", 1.5),
     ),
     InvalidCase(
         "sparsity-too-high",
@@ -118,7 +128,9 @@ INVALID_CASES = [
         "spec.scaling.minReplicas",
         _all(_set("spec.scaling.minReplicas", 5), _set("spec.scaling.maxReplicas", 2)),
     ),
-    InvalidCase("min-replicas-zero", "spec.scaling.minReplicas", _set("spec.scaling.minReplicas", 0)),
+    InvalidCase(
+        "min-replicas-zero", "spec.scaling.minReplicas", _set("spec.scaling.minReplicas", 0)
+    ),
     InvalidCase(
         "cpu-target-above-100",
         "spec.scaling.targetCPUUtilization",
@@ -135,7 +147,9 @@ INVALID_CASES = [
         _set("spec.rollout.steps", [{"weight": 10}, {"weight": 10}, {"weight": 50}]),
     ),
     InvalidCase(
-        "step-weight-zero", "spec.rollout.steps[0].weight", _set("spec.rollout.steps", [{"weight": 0}])
+        "step-weight-zero",
+        "spec.rollout.steps[0].weight",
+        _set("spec.rollout.steps", [{"weight": 0}]),
     ),
     InvalidCase(
         "step-weight-above-100",
@@ -150,7 +164,9 @@ INVALID_CASES = [
     InvalidCase(
         "steps-with-rolling",
         "spec.rollout.steps",
-        _all(_set("spec.rollout.strategy", "rolling"), _set("spec.rollout.steps", [{"weight": 10}])),
+        _all(
+            _set("spec.rollout.strategy", "rolling"), _set("spec.rollout.steps", [{"weight": 10}])
+        ),
     ),
     InvalidCase(
         "prometheus-without-url",

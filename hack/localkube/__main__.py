@@ -11,7 +11,9 @@ from pathlib import Path
 from localkube import binaries
 from localkube.cluster import STATE_FILE, Cluster, ClusterState, log
 
-DEFAULT_DIR = Path(os.environ.get("MODELSHIP_CLUSTER_DIR", binaries.REPO_ROOT / ".cache" / "cluster"))
+DEFAULT_DIR = Path(
+    os.environ.get("MODELSHIP_CLUSTER_DIR", binaries.REPO_ROOT / ".cache" / "cluster")
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if (args.dir / STATE_FILE).exists():
         state = ClusterState.load(args.dir)
-        print(f"running at {state.server}, processes {state.pids}; KUBECONFIG={args.dir / 'admin.kubeconfig'}")
+        print(f"running at {state.server}, processes {state.pids}")
+        print(f"export KUBECONFIG={args.dir / 'admin.kubeconfig'}")
         return 0
     print(f"no cluster in {args.dir}")
     return 1

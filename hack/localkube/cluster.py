@@ -32,6 +32,14 @@ STATE_FILE = "state.json"
 _STOP_GRACE_S = 15.0
 
 
+class KubectlError(RuntimeError):
+    """kubectl failed; the message carries its stderr, which says why."""
+
+    def __init__(self, args: Sequence[str], code: int, stderr: str) -> None:
+        super().__init__(f"kubectl {' '.join(args)} exited {code}: {stderr.strip()}")
+        self.stderr = stderr
+
+
 def log(message: str) -> None:
     print(f"[localkube] {message}", file=sys.stderr, flush=True)
 
@@ -73,9 +81,14 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: KeyPair, name: str
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "clusters": [
+            {"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}
+        ],
         "users": [
-            {"name": name, "user": {"client-certificate": str(user.cert), "client-key": str(user.key)}}
+            {
+                "name": name,
+                "user": {"client-certificate": str(user.cert), "client-key": str(user.key)},
+            }
         ],
         "contexts": [{"name": name, "context": {"cluster": "local", "user": name}}],
         "current-context": name,
@@ -85,7 +98,9 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: KeyPair, name: str
     return path
 
 
-def _wait_until(check: Callable[[], bool], what: str, timeout_s: float, proc_alive: Callable[[], str | None]) -> None:
+def _wait_until(
+    check: Callable[[], bool], what: str, timeout_s: float, proc_alive: Callable[[], str | None]
+) -> None:
     """Poll ``check`` (bounded) until it passes; fail early if a process we depend on died."""
     deadline = time.monotonic() + timeout_s
     delay = 0.05
@@ -109,6 +124,8 @@ class Cluster:
         self.kubeconfig = self.directory / "admin.kubeconfig"
         self.state: ClusterState | None = None
         self._bins: dict[str, Path] = {}
+        # Kept so the processes are reaped by us (a dropped Popen warns that it still runs).
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
 
     # --- paths ----------------------------------------------------------------------------
 
@@ -148,8 +165,10 @@ class Cluster:
             raise RuntimeError(
                 f"a cluster already lives in {self.directory}: run `make cluster-down` first"
             )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(exist_ok=True)
+        # Leftovers of a failed start (logs, stale etcd data) would confuse this one.
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True)
+        self.log_dir.mkdir()
         self.state = ClusterState(
             directory=str(self.directory),
             etcd_port=free_port(),
@@ -159,15 +178,21 @@ class Cluster:
         )
         pki = create_pki(
             self.pki_dir,
-            server_names=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default",
-                          "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
-                          "10.96.0.1"),
+            server_names=(
+                "127.0.0.1",
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "10.96.0.1",
+            ),
         )
-        write_kubeconfig(self.kubeconfig, self.state.server, pki.ca, pki.admin, "admin")
+        write_kubeconfig(self.kubeconfig, self.state.server, pki.ca.cert, pki.admin, "admin")
         cm_kubeconfig = write_kubeconfig(
             self.directory / "controller-manager.kubeconfig",
             self.state.server,
-            pki.ca,
+            pki.ca.cert,
             pki.controller_manager,
             "system:kube-controller-manager",
         )
@@ -178,7 +203,9 @@ class Cluster:
             self._spawn("kube-apiserver", self._apiserver_args(pki))
             self.state.save()
             self._wait_http(f"{self.state.server}/readyz", "kube-apiserver", pki, timeout_s)
-            self._spawn("kube-controller-manager", self._controller_manager_args(pki, cm_kubeconfig))
+            self._spawn(
+                "kube-controller-manager", self._controller_manager_args(pki, cm_kubeconfig)
+            )
             self.state.save()
             self._wait_http(
                 f"https://127.0.0.1:{self.state.controller_manager_port}/healthz",
@@ -201,7 +228,11 @@ class Cluster:
         if state is None:
             return
         for name in reversed(list(state.pids)):
-            _terminate(state.pids[name], name, self.directory)
+            pid = state.pids[name]
+            _terminate(pid, name, self.directory)
+            proc = self._procs.pop(pid, None)
+            if proc is not None:
+                proc.wait()
         (self.directory / STATE_FILE).unlink(missing_ok=True)
         self.state = None
 
@@ -225,9 +256,7 @@ class Cluster:
             check=False,
         )
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(
-                result.returncode, result.args, result.stdout, result.stderr
-            )
+            raise KubectlError(args, result.returncode, result.stderr)
         return result
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
@@ -242,6 +271,7 @@ class Cluster:
             cwd=self.directory,
         )
         logfile.close()
+        self._procs[proc.pid] = proc
         self.state.pids[name] = proc.pid
         log(f"started {name} (pid {proc.pid}), log {self.log_dir / (name + '.log')}")
 

@@ -165,7 +165,9 @@ def create_pki(directory: Path, server_names: tuple[str, ...]) -> ClusterPKI:
     return ClusterPKI(
         ca=ca.pair,
         apiserver=ca.issue(directory / "apiserver", "kube-apiserver", server_names=server_names),
-        admin=ca.issue(directory / "admin", "admin", organizations=("system:masters",), client=True),
+        admin=ca.issue(
+            directory / "admin", "admin", organizations=("system:masters",), client=True
+        ),
         controller_manager=ca.issue(
             directory / "controller-manager", "system:kube-controller-manager", client=True
         ),

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import ValidationError
-from spec_cases import BASE_SPEC, INVALID_CASES, InvalidCase, valid_object
 
 from modelship.api.quantity import parse_quantity
 from modelship.api.types import duration_seconds
@@ -19,6 +18,7 @@ from modelship.api.v1alpha1 import (
     RolloutSpec,
     RolloutStrategy,
 )
+from spec_cases import BASE_SPEC, INVALID_CASES, InvalidCase, valid_object
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 
@@ -46,7 +46,11 @@ def test_round_trip_keeps_wire_names_and_values() -> None:
     )
     parsed = ModelDeployment.model_validate(obj)
     wire = parsed.to_wire()
-    assert wire["spec"]["scaling"] == {"minReplicas": 2, "maxReplicas": 5, "targetCPUUtilization": 60}
+    assert wire["spec"]["scaling"] == {
+        "minReplicas": 2,
+        "maxReplicas": 5,
+        "targetCPUUtilization": 60,
+    }
     assert wire["spec"]["serving"]["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}
     assert ModelDeployment.model_validate(wire) == parsed
 
@@ -91,7 +95,9 @@ def test_bad_quantity_says_what_is_expected() -> None:
         parse_quantity("lots")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert duration_seconds(text) == seconds
 

@@ -1,1 +1,1 @@
-"""The ModelDeployment API types: pure pydantic, importable without kopf, kubernetes or onnxruntime."""
+"""The ModelDeployment API types: pure pydantic, no kopf, kubernetes or onnxruntime."""

@@ -89,7 +89,7 @@ class _Converter:
     def _union(self, variants: list[dict[str, Any]], rest: dict[str, Any]) -> dict[str, Any]:
         concrete = [v for v in variants if v.get("type") != "null"]
         if rest.get("x-kubernetes-int-or-string"):
-            return {"x-kubernetes-int-or-string": True, **{k: v for k, v in rest.items()}}
+            return {"x-kubernetes-int-or-string": True, **rest}
         if len(concrete) != 1:
             raise ValueError(f"unsupported union in the API schema: {variants}")
         merged = self.convert(concrete[0])
@@ -108,7 +108,8 @@ def openapi_schema() -> dict[str, Any]:
         "description": "APIVersion of this object: modelship.io/v1alpha1.",
     }
     props["kind"] = {"type": "string", "description": "Kind of this object: ModelDeployment."}
-    props["metadata"] = {"type": "object", "description": "Standard object metadata."}
+    # The API server forbids anything but the type here: metadata has its own schema.
+    props["metadata"] = {"type": "object"}
     schema["required"] = ["spec"]
     schema["description"] = (api.ModelDeployment.__doc__ or "").strip()
     schema["x-kubernetes-validations"] = converter.rules[api.ModelDeployment.__name__]
@@ -154,7 +155,11 @@ def crd_manifest() -> dict[str, Any]:
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
                         {"name": "Weight", "type": "integer", "jsonPath": ".status.canary.weight"},
-                        {"name": "Variant", "type": "string", "jsonPath": ".status.artifact.variant"},
+                        {
+                            "name": "Variant",
+                            "type": "string",
+                            "jsonPath": ".status.artifact.variant",
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                 }

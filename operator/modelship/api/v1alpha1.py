@@ -258,8 +258,10 @@ class OptimizationSpec(APIModel):
             "has(self.calibration.uri))",
             message="precision int8-static needs calibration.uri: static quantization "
             "computes activation ranges from representative inputs",
-            check=lambda m: m.precision != Precision.INT8_STATIC
-            or (m.calibration is not None and m.calibration.uri is not None),
+            check=lambda m: (
+                m.precision != Precision.INT8_STATIC
+                or (m.calibration is not None and m.calibration.uri is not None)
+            ),
             field_path=".calibration",
         ),
     )
@@ -350,8 +352,7 @@ class ScalingSpec(APIModel):
         ge=1,
         le=100,
         alias="targetCPUUtilization",
-        description="Average CPU utilisation (percent of requests, 1-100) the autoscaler "
-        "aims for.",
+        description="Average CPU utilisation (percent of requests, 1-100) the autoscaler aims for.",
     )
 
     rules: ClassVar[tuple[Rule, ...]] = (
@@ -411,8 +412,7 @@ class AnalysisSpec(APIModel):
     )
     source: MetricsSource = Field(
         default=MetricsSource.PODS,
-        description="pods: scrape the runtime pods' /metrics; prometheus: query "
-        "prometheusUrl.",
+        description="pods: scrape the runtime pods' /metrics; prometheus: query prometheusUrl.",
     )
     prometheus_url: str | None = Field(
         default=None,
@@ -430,8 +430,10 @@ class AnalysisSpec(APIModel):
         Rule(
             cel="!has(self.prometheusUrl) || self.prometheusUrl.matches('^https?://[^/ ]+')",
             message="prometheusUrl must be an http:// or https:// URL",
-            check=lambda m: m.prometheus_url is None
-            or re.match(r"^https?://[^/ ]+", m.prometheus_url) is not None,
+            check=lambda m: (
+                m.prometheus_url is None
+                or re.match(r"^https?://[^/ ]+", m.prometheus_url) is not None
+            ),
             field_path=".prometheusUrl",
         ),
     )
@@ -464,14 +466,15 @@ class RolloutSpec(APIModel):
             cel="!has(self.steps) || self.steps.map(s, s.weight).isSorted() && "
             "self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight))",
             message="steps weights must be strictly increasing (for example 10, 50, 100)",
-            check=lambda m: m.steps is None
-            or all(a.weight < b.weight for a, b in zip(m.steps, m.steps[1:], strict=False)),
+            check=lambda m: (
+                m.steps is None
+                or all(a.weight < b.weight for a, b in zip(m.steps, m.steps[1:], strict=False))
+            ),
             field_path=".steps",
         ),
         Rule(
             cel="self.strategy != 'rolling' || !has(self.steps) || size(self.steps) == 0",
-            message="steps only apply to the canary strategy: remove them or use "
-            "strategy: canary",
+            message="steps only apply to the canary strategy: remove them or use strategy: canary",
             check=lambda m: m.strategy != RolloutStrategy.ROLLING or not m.steps,
             field_path=".steps",
         ),
@@ -496,7 +499,11 @@ class ModelDeploymentSpec(APIModel):
     )
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Serving settings.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Autoscaling bounds.")
-    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Release strategy.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="How new versions are released: canary steps under metric analysis with "
+        "automatic promotion and rollback, or a plain rolling update.",
+    )
     replicas: int | None = Field(
         default=None,
         ge=0,
@@ -607,9 +614,7 @@ class CanaryStatus(APIModel):
     weight: int = Field(default=0, ge=0, le=100, description="Current traffic percent.")
     step: int = Field(default=0, ge=0, description="Index of the current step.")
     failures: int = Field(default=0, ge=0, description="Failed analyses so far.")
-    last_analysis: AnalysisResult | None = Field(
-        default=None, description="The latest analysis."
-    )
+    last_analysis: AnalysisResult | None = Field(default=None, description="The latest analysis.")
 
 
 class Endpoints(APIModel):
@@ -666,10 +671,12 @@ class ModelDeployment(APIModel):
             message=f"metadata.name must be a DNS-1035 label (lowercase letters, digits and "
             f"'-', starting with a letter) of at most {MAX_NAME_LENGTH} characters, because "
             "Service and Deployment names derive from it",
-            check=lambda m: "name" not in m.metadata
-            or (
-                _matches(NAME_PATTERN, m.metadata["name"])
-                and len(m.metadata["name"]) <= MAX_NAME_LENGTH
+            check=lambda m: (
+                "name" not in m.metadata
+                or (
+                    _matches(NAME_PATTERN, m.metadata["name"])
+                    and len(m.metadata["name"]) <= MAX_NAME_LENGTH
+                )
             ),
         ),
     )

@@ -1,0 +1,52 @@
+# Modelship developer entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+export PYTHONPATH := $(CURDIR)/hack
+
+.PHONY: help venv crds rbac test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade --quiet pip
+	$(VENV)/bin/pip install --progress-bar off -e '.[operator,runtime,dev]'
+	touch $@
+
+venv: $(VENV)/.installed  ## create .venv with every extra installed
+
+crds: venv  ## regenerate the CRD YAML (crds/ and the chart) from the pydantic models
+	$(PY) -m modelship.api.crd crds charts/modelship/crds
+
+test: venv cluster-build  ## every tier but e2e: lint, unit, slow, integration (the README's test command)
+	$(MAKE) lint
+	$(PYTEST) -m "not e2e"
+
+test-unit: venv  ## pure unit tests (seconds)
+	$(PYTEST) -m "not integration and not e2e and not slow"
+
+test-integration: venv cluster-build  ## tests against a real control plane
+	$(PYTEST) -m integration
+
+test-e2e: venv  ## end-to-end tests on the full local node
+	$(PYTEST) -m e2e
+
+lint: venv  ## ruff, import-linter contracts
+	$(VENV)/bin/ruff check operator runtime-image hack tests bench
+	$(VENV)/bin/lint-imports
+
+cluster-build:  ## build (once, cached by version) etcd and the Kubernetes binaries
+	bash hack/build-k8s.sh etcd kube-apiserver kube-controller-manager kubectl
+
+cluster-up: venv cluster-build  ## start the local control plane in .cache/cluster
+	$(PY) -m localkube up
+
+cluster-down: venv  ## stop the local control plane and remove its directory
+	$(PY) -m localkube down
+
+cluster-status: venv
+	$(PY) -m localkube status
