@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builder_helpers import mlp_onnx
 
 from modelship.api.artifact import ArtifactStore, BuildPlan
 from modelship.api.v1alpha1 import ModelSource, OptimizationSpec
@@ -40,41 +40,6 @@ def fast_bench() -> BenchSettings:
 @pytest.fixture
 def io_settings() -> IOSettings:
     return IOSettings(http_attempts=2, http_backoff_s=0.01, http_timeout_s=5)
-
-
-def mlp_onnx(weights: list[tuple[np.ndarray, np.ndarray]], softmax: bool = True) -> onnx.ModelProto:
-    """Dense layers (Gemm, Relu between them) as an ONNX graph, from (W[in,out], b[out]) pairs."""
-    nodes, inits = [], []
-    current = "input"
-    for i, (w, b) in enumerate(weights):
-        inits += [
-            numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
-            numpy_helper.from_array(b.astype(np.float32), f"b{i}"),
-        ]
-        out = f"h{i}"
-        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out]))
-        current = out
-        if i < len(weights) - 1:
-            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
-            current = f"r{i}"
-    final = "logits"
-    if softmax:
-        nodes.append(helper.make_node("Softmax", [current], ["probabilities"], axis=1))
-        final = "probabilities"
-    else:
-        nodes.append(helper.make_node("Identity", [current], [final]))
-    n_in, n_out = weights[0][0].shape[0], weights[-1][0].shape[1]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", n_in])],
-        [helper.make_tensor_value_info(final, TensorProto.FLOAT, ["batch", n_out])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
 
 
 @pytest.fixture
