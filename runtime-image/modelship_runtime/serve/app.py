@@ -148,7 +148,7 @@ async def serve(settings: ServeSettings) -> int:
             latency_ms = await warm
             if direct is not None:
                 direct.inline = latency_ms < settings.inline_threshold_ms
-            plane.ready = True
+            plane.serving = plane.ready = True
             log.info(
                 "ready: model '%s' v%s, %d intra-op threads, warm-up median %.2f ms (%s), "
                 "batching %s, REST :%d, gRPC %s, metrics :%d",

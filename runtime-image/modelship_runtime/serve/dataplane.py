@@ -64,6 +64,10 @@ class DataPlane:
         self.model = model
         self.live = True
         self.ready = False
+        """Readiness probe answer: true after warm-up, false again once draining starts."""
+        self.serving = False
+        """Whether infer is accepted: true after warm-up and stays true while draining, since
+        requests keep arriving until load balancers notice readiness went false."""
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -106,10 +110,10 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         model = self.find_model(request.model_name, request.model_version)
-        if not self.ready:
+        if not self.serving:
             raise InferenceError(
                 ErrorKind.UNAVAILABLE,
-                f"model '{model.name}' is not ready (starting or shutting down); retry shortly",
+                f"model '{model.name}' is still warming up; retry when /v2/health/ready is 200",
             )
         feeds = self.validate_inputs(request.inputs)
         names, binary = self._requested_outputs(request)

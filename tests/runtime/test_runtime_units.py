@@ -1,0 +1,140 @@
+"""Pure unit tests of the runtime server's building blocks (no server process)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import modelfactory
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from modelship.api.artifact import TensorStats
+from modelship_runtime.serve.batching import BatchingPredictor
+from modelship_runtime.serve.cli import parse_settings
+from modelship_runtime.serve.cpu import cgroup_cpu_limit, default_threads
+from modelship_runtime.serve.errors import ErrorKind, InferenceError
+from modelship_runtime.serve.metrics import DriftMonitor, RequestMetrics
+from modelship_runtime.serve.model import OnnxModel, SessionConfig
+from modelship_runtime.serve.tensors import from_bytes, from_json, to_bytes
+
+
+def test_json_decoding_is_strict() -> None:
+    tensor = from_json("x", "INT64", [2, 2], [[1, 2], [3, 4]])
+    assert tensor.data.dtype == np.int64
+    assert tensor.data.tolist() == [[1, 2], [3, 4]]
+    assert from_json("x", "FP32", [3], [1, 2.5, True]).data.dtype == np.float32
+    cases = [
+        ("UINT8", [2], [1, 300], "values must lie in [0, 255] for UINT8"),
+        ("INT32", [1], [1.5], "datatype INT32 needs integer values, got floating-point numbers"),
+        ("BOOL", [1], [1], "datatype BOOL needs true/false values, got integers"),
+        ("FP32", [2], [1, "2"], "datatype FP32 needs numbers, got strings"),
+        ("FP32", [2], [1, None], "needs numbers, got mixed or non-numeric values"),
+        ("FP32", [2], {"a": 1}, "'data' must be a list of FP32 values"),
+        ("FP32", "2", [1, 2], "shape must be a list"),
+        ("FP32", [True, 2], [1, 2], "shape must be a list of non-negative integers"),
+    ]
+    for datatype, shape, data, message in cases:
+        with pytest.raises(InferenceError) as info:
+            from_json("x", datatype, shape, data)
+        assert info.value.kind is ErrorKind.INVALID_ARGUMENT
+        assert message in info.value.message, (datatype, data)
+        assert "'x'" in info.value.message
+
+
+def test_binary_decoding_and_bytes_roundtrip() -> None:
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    decoded = from_bytes("x", "FP32", [2, 3], values.tobytes())
+    np.testing.assert_array_equal(decoded.data, values)
+    with pytest.raises(InferenceError, match="needs 24 bytes of binary data but 20 were sent"):
+        from_bytes("x", "FP32", [2, 3], values.tobytes()[:20])
+    strings = np.array([b"ab", b"", b"xyz"], dtype=object)
+    assert from_bytes("s", "BYTES", [3], to_bytes(strings)).data.tolist() == [b"ab", b"", b"xyz"]
+    with pytest.raises(InferenceError, match="declares 3 bytes but only 1 remain"):
+        from_bytes("s", "BYTES", [1], b"\x03\x00\x00\x00a")
+
+
+def test_cgroup_v2_and_v1_limits(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(v2) == 1.5
+    assert default_threads(v2) == min(2, len(__import__("os").sched_getaffinity(0)))
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(v2) is None
+    v1 = tmp_path / "v1" / "cpu,cpuacct"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("50000")
+    (v1 / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_cpu_limit(tmp_path / "v1") == 0.5
+    assert default_threads(tmp_path / "v1") == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1")
+    assert cgroup_cpu_limit(tmp_path / "v1") is None
+    assert cgroup_cpu_limit(tmp_path / "none") is None
+
+
+def test_drift_score_grows_with_shift() -> None:
+    edges = [float(e) for e in np.linspace(-4, 4, 17)]
+    rng = np.random.default_rng(0)
+    counts = np.histogram(rng.normal(size=100_000), bins=edges)[0]
+    stats = TensorStats(mean=0, std=1, min=-4, max=4, count=100_000, histogram_edges=edges,
+                        histogram_counts=counts.tolist())  # fmt: skip
+    plain = TensorStats(mean=0, std=1, min=-4, max=4, count=100_000)
+
+    def score(shift: float) -> dict[str, float]:
+        monitor = DriftMonitor({"x": stats, "y": plain})
+        for _ in range(20):
+            sample = rng.normal(shift, 1, size=(8, 64)).astype(np.float32)
+            monitor.observe({"x": sample, "y": sample})
+        return monitor.scores()
+
+    same, shifted = score(0.0), score(1.0)
+    assert same["x"] < 0.05
+    assert shifted["x"] > 0.25
+    assert same["y"] < 0.1
+    assert 0.9 < shifted["y"] < 1.1
+
+
+def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSHIP_REST_PORT", "7000")
+    monkeypatch.setenv("MODELSHIP_MAX_BATCH_SIZE", "16")
+    settings = parse_settings(["--rest-port", "7001", "--no-grpc-enabled"])
+    assert settings.rest_port == 7001
+    assert settings.max_batch_size == 16
+    assert settings.grpc_enabled is False
+    assert settings.grpc_port == 8081
+    assert settings.metrics_port == 9090
+
+
+def test_batcher_merges_and_isolates_a_bad_request(tmp_path: Path) -> None:
+    """Eight concurrent requests make one model call; the bad one fails alone."""
+    model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry, "m")
+
+    async def run() -> list[object]:
+        batcher = BatchingPredictor(model, max_batch_size=16, max_delay_ms=1000, metrics=metrics)
+        batcher.start()
+        feeds = [{"ids": np.array([[i, i + 1, i + 2]], dtype=np.int64)} for i in range(8)]
+        feeds[3] = {"ids": np.array([[1, 5000, 2]], dtype=np.int64)}  # out of the table
+        feeds[5] = {"ids": np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int64)}  # two rows
+        try:
+            return await asyncio.gather(
+                *(batcher.predict(f, None) for f in feeds), return_exceptions=True
+            )
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(run())
+    batches = registry.get_sample_value("modelship_batch_size_count", {"model": "m"})
+    rows = registry.get_sample_value("modelship_batch_size_sum", {"model": "m"})
+    assert (batches, rows) == (1, 9)
+    assert isinstance(results[3], Exception)
+    for i, result in enumerate(results):
+        if i == 3:
+            continue
+        assert isinstance(result, list)
+        ids = [[i, i + 1, i + 2]] if i != 5 else [[1, 2, 3], [4, 5, 6]]
+        alone = model.predict({"ids": np.array(ids, dtype=np.int64)})
+        np.testing.assert_array_equal(result[0], alone[0])
