@@ -50,6 +50,8 @@ class EnsureServing:
     """Bring Deployment, Service, HPA and PDB to the desired state for this artifact."""
 
     artifact: Artifact
+    request_key: str | None = None
+    """The build request the artifact answers; None means the current target's."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,9 @@ def _next(obs: Observation) -> tuple[State, list[Action]]:
     serving = obs.rollout.artifact
     if artifact is None:
         # The previous artifact keeps serving while the new one builds or after it failed.
-        keep: list[Action] = [EnsureServing(serving)] if serving is not None else []
+        keep: list[Action] = (
+            [EnsureServing(serving, obs.rollout.request_key)] if serving is not None else []
+        )
         if build.state is BuildState.FAILED:
             return State(Phase.DEGRADED, "BuildFailed", build.message), keep
         if build.state is BuildState.ABSENT:

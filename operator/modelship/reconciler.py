@@ -210,7 +210,10 @@ class Reconciler:
             elif isinstance(action, RecordArtifact):
                 writes += self._record(owner, target, action)
             elif isinstance(action, EnsureServing):
-                writes += self._ensure_serving(owner, spec, target, obs, action.artifact, memory)
+                request_key = action.request_key or target.request_key
+                writes += self._ensure_serving(
+                    owner, spec, request_key, obs, action.artifact, memory
+                )
             elif isinstance(action, Emit):
                 self.kube.post_event(owner, action.type, action.reason, action.message, "modelship")
                 writes += 1
@@ -230,13 +233,13 @@ class Reconciler:
         self,
         owner: naming.Owner,
         spec: ModelDeploymentSpec,
-        target: BuildTarget,
+        request_key: str,
         obs: Observation,
         artifact: Artifact,
         memory: _Memory,
     ) -> int:
         """Apply each serving child whose desired content differs from what is there."""
-        wanted = desired.serving_objects(spec, owner, artifact, target.request_key, self.settings)
+        wanted = desired.serving_objects(spec, owner, artifact, request_key, self.settings)
         writes = 0
         ns, name = owner.namespace, naming.serving_name(owner.name)
         for kind in SERVING_KINDS:

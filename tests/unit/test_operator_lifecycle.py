@@ -114,7 +114,7 @@ def test_digest_change_builds_while_the_old_artifact_keeps_serving_then_rolls() 
     state, actions = step(ready, obs(rollout=old_rollout))
     assert state.phase is Phase.BUILDING
     assert kinds(actions) == [StartBuild, EnsureServing]
-    assert actions[1] == EnsureServing(OLD)
+    assert actions[1] == EnsureServing(OLD, "previous-request"), "keep the old request key"
     done = BuildObservation(BuildState.SUCCEEDED, TARGET.job_name, NEW)
     state, actions = step(state, obs(build=done, rollout=old_rollout))
     assert state.phase is Phase.PROGRESSING

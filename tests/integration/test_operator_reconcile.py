@@ -1,0 +1,524 @@
+"""The operator against a real control plane: build Jobs, serving children, status and restarts.
+
+There is no kubelet in this tier: the job controller creates builder pods that never run, so a
+build is finished by writing the builder pod's status (phase and termination message) the way a
+kubelet would; the real job controller then completes or fails the Job. The operator runs as a
+subprocess (``python -m modelship``) scoped to the test's namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+pytestmark = [
+    pytest.mark.integration,
+    # kubernetes 34's ApiException reads headers through urllib3's deprecated getheaders().
+    pytest.mark.filterwarnings("ignore:HTTPResponse.getheaders:DeprecationWarning"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
+SHA = "ab" * 32
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Operator:
+    """``python -m modelship`` in a subprocess, watching one namespace."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, **env: str) -> None:
+        self.log_path = log
+        self.metrics_port = free_port()
+        self.env = (
+            os.environ
+            | {
+                "KUBECONFIG": str(kubeconfig),
+                "MODELSHIP_NAMESPACES": namespace,
+                "MODELSHIP_POLL_SECONDS": "1",
+                "MODELSHIP_RESYNC_SECONDS": "30",
+                "MODELSHIP_BUILD_BACKOFF_LIMIT": "0",
+                "MODELSHIP_METRICS_PORT": str(self.metrics_port),
+                "MODELSHIP_LOG_LEVEL": "INFO",
+            }
+            | env
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modelship"], env=self.env, stdout=log, stderr=log, cwd=ROOT
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as when a node dies."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+            return str(r.read().decode())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+@pytest.fixture
+def start_operator(
+    cluster: Any, namespace: str, tmp_path: Path
+) -> Iterator[Callable[..., Operator]]:
+    started: list[Operator] = []
+
+    def start(**env: str) -> Operator:
+        op = Operator(cluster.kubeconfig, namespace, tmp_path / "operator.log", **env).start()
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+    if started:  # pytest shows captured output only when the test fails
+        sys.stderr.write(f"--- operator log ---\n{started[-1].log()}\n")
+
+
+class Kube:
+    """Typed reads and the kubelet's part (finishing builder pods) for the tests."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.ns = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.autoscaling = client.AutoscalingV2Api(api)
+        self.policy = client.PolicyV1Api(api)
+        self.api = api
+
+    def apply_mdep(self, name: str, spec: dict[str, Any]) -> None:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": self.ns},
+            "spec": spec,
+        }
+        # As a user would: server-side apply under our own field manager.
+        self.api.call_api(
+            f"/apis/{GROUP}/{VERSION}/namespaces/{self.ns}/{PLURAL}/{name}",
+            "PATCH",
+            query_params=[("fieldManager", "test"), ("force", "true")],
+            header_params={"Content-Type": "application/apply-patch+yaml"},
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _return_http_data_only=True,
+        )
+
+    def mdep(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name
+        )
+        return result
+
+    def condition(self, name: str, kind: str) -> dict[str, Any]:
+        conds = (self.mdep(name).get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == kind), {})
+
+    def phase(self, name: str) -> str | None:
+        return (self.mdep(name).get("status") or {}).get("phase")
+
+    def jobs(self) -> list[Any]:
+        return list(self.batch.list_namespaced_job(self.ns).items)
+
+    def get(self, read: Callable[..., T], name: str) -> T | None:
+        try:
+            return read(name, self.ns)
+        except client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def builder_pod(self, job: str) -> Any:
+        pods = self.core.list_namespaced_pod(self.ns, label_selector=f"job-name={job}").items
+        return pods[0] if pods else None
+
+    def finish_build(self, job: str, *, ok: bool, message: str) -> None:
+        """What the kubelet would write when the builder container exits."""
+        pod = wait_for(lambda: self.builder_pod(job), f"the builder pod of Job {job}")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        terminated = {
+            "exitCode": 0 if ok else 1,
+            "reason": "Completed" if ok else "Error",
+            "message": message,
+            "startedAt": now,
+            "finishedAt": now,
+        }
+        status = {
+            "phase": "Succeeded" if ok else "Failed",
+            "containerStatuses": [
+                {
+                    "name": "builder",
+                    "image": "modelship-runtime:0.1.0",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"terminated": terminated},
+                }
+            ],
+        }
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.ns, {"status": status})
+        condition = "Complete" if ok else "Failed"
+        wait_for(
+            lambda: any(
+                c.type == condition and c.status == "True"
+                for c in (self.batch.read_namespaced_job(job, self.ns).status.conditions or [])
+            ),
+            f"the job controller to mark Job {job} {condition}",
+        )
+
+    def events(self, name: str) -> list[str]:
+        items = self.core.list_namespaced_event(
+            self.ns, field_selector=f"involvedObject.name={name}"
+        ).items
+        return [e.reason for e in items]
+
+
+@pytest.fixture
+def kube(kube_api: client.ApiClient, namespace: str) -> Kube:
+    return Kube(kube_api, namespace)
+
+
+def result_json(hex_: str = "cd" * 32, variant: str = "int8-dynamic") -> str:
+    return json.dumps(
+        {"digest": f"sha256:{hex_}", "uri": f"file:///artifacts/{hex_}", "variant": variant}
+    )
+
+
+def model_spec(**extra: Any) -> dict[str, Any]:
+    return {"model": {"uri": "s3://models/minilm/model.onnx", "sha256": SHA}} | extra
+
+
+def only_job(kube: Kube) -> Any:
+    jobs = wait_for(kube.jobs, "a build Job")
+    assert len(jobs) == 1, [j.metadata.name for j in jobs]
+    return jobs[0]
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+def test_apply_builds_then_serves_with_the_expected_children(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    op = start_operator()
+    kube.apply_mdep("sentiment", model_spec(scaling={"minReplicas": 2, "maxReplicas": 5}))
+    job = only_job(kube)
+    plan = json.loads(job.spec.template.metadata.annotations["modelship.io/plan"])
+    assert plan["source"] == {
+        "uri": "s3://models/minilm/model.onnx",
+        "format": "onnx",
+        "sha256": SHA,
+        "allowPickle": False,
+    }
+    assert plan["store"]["uri"] == "file:///artifacts"
+    assert job.spec.template.spec.automount_service_account_token is False
+    assert job.spec.template.spec.security_context.run_as_non_root is True
+    assert job.metadata.owner_references[0].kind == "ModelDeployment"
+    wait_for(lambda: kube.phase("sentiment") == "Building", "phase Building")
+    assert kube.condition("sentiment", "ArtifactReady")["reason"] == "Building"
+
+    kube.finish_build(job.metadata.name, ok=True, message=result_json())
+    dep = wait_for(
+        lambda: kube.get(kube.apps.read_namespaced_deployment, "sentiment"), "Deployment"
+    )
+    svc = wait_for(lambda: kube.get(kube.core.read_namespaced_service, "sentiment"), "Service")
+    hpa = wait_for(
+        lambda: kube.get(kube.autoscaling.read_namespaced_horizontal_pod_autoscaler, "sentiment"),
+        "HPA",
+    )
+    pdb = wait_for(
+        lambda: kube.get(kube.policy.read_namespaced_pod_disruption_budget, "sentiment"), "PDB"
+    )
+    uid = kube.mdep("sentiment")["metadata"]["uid"]
+    for obj in (dep, svc, hpa, pdb):
+        assert [(r.kind, r.uid, r.controller) for r in obj.metadata.owner_references] == [
+            ("ModelDeployment", uid, True)
+        ]
+        assert {m.manager for m in obj.metadata.managed_fields if m.operation == "Apply"} == {
+            "modelship"
+        }
+    assert dep.spec.replicas == 2
+    pod = dep.spec.template.spec
+    server = pod.containers[0]
+    model = next(m for m in server.volume_mounts if m.name == "model")
+    assert (model.mount_path, model.sub_path, model.read_only) == ("/model", "cd" * 32, True)
+    assert server.readiness_probe.http_get.path == "/v2/health/ready"
+    assert server.liveness_probe.http_get.path == "/v2/health/live"
+    assert server.security_context.read_only_root_filesystem is True
+    assert server.security_context.capabilities.drop == ["ALL"]
+    assert pod.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert pod.termination_grace_period_seconds == 30
+    assert sorted(p.port for p in svc.spec.ports) == [8080, 8081, 9090]
+    assert hpa.spec.scale_target_ref.kind == "ModelDeployment"
+    assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 5)
+    assert pdb.spec.max_unavailable == 1
+
+    wait_for(lambda: kube.phase("sentiment") == "Deploying", "phase Deploying")
+    status = kube.mdep("sentiment")["status"]
+    assert status["artifact"] == {
+        "digest": f"sha256:{'cd' * 32}",
+        "uri": f"file:///artifacts/{'cd' * 32}",
+        "variant": "int8-dynamic",
+    }
+    assert (
+        status["selector"] == "app.kubernetes.io/component=server,modelship.io/deployment=sentiment"
+    )
+    assert kube.condition("sentiment", "ArtifactReady")["status"] == "True"
+    assert "kopf" not in (kube.mdep("sentiment")["metadata"].get("annotations") or {})
+    index = kube.core.read_namespaced_config_map("modelship-artifacts", kube.ns)
+    assert f"sha256-{'cd' * 32}" in index.data
+    events = wait_for(
+        lambda: (
+            {"BuildStarted", "BuildSucceeded"} <= set(kube.events("sentiment"))
+            and kube.events("sentiment")
+        ),
+        "build events",
+    )
+    assert "Deploying" in events
+    metrics = op.metrics()
+    assert 'modelship_operator_builds_total{outcome="succeeded"} 1.0' in metrics
+    assert 'modelship_operator_objects{phase="Deploying"} 1.0' in metrics
+    assert "modelship_operator_reconcile_duration_seconds_count" in metrics
+
+
+def test_build_failure_is_degraded_with_the_builders_reason(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    start_operator()
+    kube.apply_mdep("broken", model_spec())
+    job = only_job(kube)
+    kube.finish_build(
+        job.metadata.name,
+        ok=False,
+        message=json.dumps({"error": "sha256 of the fetched model is 12ab, spec says abab"}),
+    )
+    wait_for(lambda: kube.phase("broken") == "Degraded", "phase Degraded")
+    degraded = kube.condition("broken", "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "BuildFailed"
+    assert "BackoffLimitExceeded" in degraded["message"]
+    assert "sha256 of the fetched model is 12ab" in degraded["message"]
+    assert kube.condition("broken", "Ready")["status"] == "False"
+    wait_for(lambda: "BuildFailed" in kube.events("broken"), "a BuildFailed event")
+    assert len(kube.jobs()) == 1, "a failed build must not be retried by a new Job"
+    assert kube.get(kube.apps.read_namespaced_deployment, "broken") is None
+
+
+def test_digest_already_in_the_store_creates_no_job(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    from modelship.api.artifact import ArtifactStore, BuildPlan
+    from modelship.api.v1alpha1 import ModelSource
+
+    plan = BuildPlan(
+        source=ModelSource.model_validate(model_spec()["model"]),
+        store=ArtifactStore(uri="file:///artifacts"),
+    )
+    digest = plan.pinned_digest
+    assert digest is not None
+    hex_ = digest.split(":")[1]
+    entry = json.dumps({"digest": digest, "uri": f"file:///artifacts/{hex_}", "variant": "fp32"})
+    kube.core.create_namespaced_config_map(
+        kube.ns,
+        {"metadata": {"name": "modelship-artifacts"}, "data": {f"sha256-{hex_}": entry}},
+    )
+    start_operator()
+    kube.apply_mdep("cached", model_spec())
+    dep = wait_for(lambda: kube.get(kube.apps.read_namespaced_deployment, "cached"), "Deployment")
+    assert dep.spec.template.metadata.annotations["modelship.io/artifact-digest"] == digest
+    assert kube.jobs() == []
+    assert kube.condition("cached", "ArtifactReady")["status"] == "True"
+
+
+def test_two_model_deployments_of_one_model_share_one_job(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    start_operator()
+    kube.apply_mdep("a", model_spec())
+    kube.apply_mdep("b", model_spec(scaling={"maxReplicas": 7}))
+    job = only_job(kube)
+    wait_for(
+        lambda: (
+            len(
+                kube.batch.read_namespaced_job(job.metadata.name, kube.ns).metadata.owner_references
+            )
+            == 2
+        ),
+        "both ModelDeployments to own the shared Job",
+    )
+    kube.finish_build(job.metadata.name, ok=True, message=result_json())
+    for name in ("a", "b"):
+        wait_for(
+            lambda n=name: kube.get(kube.apps.read_namespaced_deployment, n), f"Deployment {name}"
+        )
+    assert len(kube.jobs()) == 1
+
+
+def test_delete_garbage_collects_the_children(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    start_operator()
+    kube.apply_mdep("gone", model_spec(scaling={"minReplicas": 2, "maxReplicas": 3}))
+    job = only_job(kube)
+    kube.finish_build(job.metadata.name, ok=True, message=result_json())
+    wait_for(lambda: kube.get(kube.policy.read_namespaced_pod_disruption_budget, "gone"), "PDB")
+    assert not kube.mdep("gone")["metadata"].get("finalizers"), "no finalizer is needed"
+    kube.custom.delete_namespaced_custom_object(GROUP, VERSION, kube.ns, PLURAL, "gone")
+    reads = (
+        kube.apps.read_namespaced_deployment,
+        kube.core.read_namespaced_service,
+        kube.autoscaling.read_namespaced_horizontal_pod_autoscaler,
+        kube.policy.read_namespaced_pod_disruption_budget,
+    )
+    for read in reads:
+        wait_for(lambda r=read: kube.get(r, "gone") is None, f"GC of {read.__name__}")
+    wait_for(lambda: not kube.jobs(), "GC of the build Job")
+
+
+def test_spec_changes_update_what_they_touch_and_a_new_digest_rolls(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    start_operator()
+    kube.apply_mdep("up", model_spec())
+    first = only_job(kube)
+    kube.finish_build(first.metadata.name, ok=True, message=result_json("11" * 32))
+    dep = wait_for(lambda: kube.get(kube.apps.read_namespaced_deployment, "up"), "Deployment")
+    wait_for(lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 1, "generation 1")
+
+    kube.apply_mdep("up", model_spec(scaling={"maxReplicas": 9}))
+    wait_for(
+        lambda: (
+            kube.autoscaling.read_namespaced_horizontal_pod_autoscaler(
+                "up", kube.ns
+            ).spec.max_replicas
+            == 9
+        ),
+        "the HPA to follow maxReplicas",
+    )
+    wait_for(lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 2, "generation 2")
+    after = kube.apps.read_namespaced_deployment("up", kube.ns)
+    assert after.metadata.resource_version == dep.metadata.resource_version or (
+        after.metadata.generation == dep.metadata.generation
+    ), "maxReplicas must not touch the Deployment"
+    assert len(kube.jobs()) == 1
+
+    kube.apply_mdep(
+        "up", model_spec(scaling={"maxReplicas": 9}, optimization={"precision": "fp16"})
+    )
+    jobs = wait_for(lambda: len(kube.jobs()) == 2 and kube.jobs(), "a second build Job")
+    second = next(j for j in jobs if j.metadata.name != first.metadata.name)
+    wait_for(lambda: kube.phase("up") == "Building", "phase Building")
+    serving = kube.apps.read_namespaced_deployment("up", kube.ns)
+    assert (
+        serving.spec.template.metadata.annotations["modelship.io/artifact-digest"]
+        == f"sha256:{'11' * 32}"
+    )
+    kube.finish_build(second.metadata.name, ok=True, message=result_json("22" * 32, "fp16"))
+    wait_for(
+        lambda: (
+            kube.apps.read_namespaced_deployment("up", kube.ns).spec.template.metadata.annotations[
+                "modelship.io/artifact-digest"
+            ]
+            == f"sha256:{'22' * 32}"
+        ),
+        "the Deployment to roll to the new artifact",
+    )
+    wait_for(lambda: kube.phase("up") in ("Progressing", "Deploying"), "a rollout phase")
+    wait_for(lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 3, "generation 3")
+
+
+def test_crash_looping_pod_degrades_and_recovery_clears_it(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    start_operator()
+    kube.apply_mdep("sick", model_spec())
+    job = only_job(kube)
+    kube.finish_build(job.metadata.name, ok=True, message=result_json())
+    pod = wait_for(
+        lambda: (
+            kube.core.list_namespaced_pod(
+                kube.ns, label_selector="modelship.io/deployment=sick"
+            ).items
+        ),
+        "a serving pod",
+    )[0]
+    crash = {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "server",
+                "image": "modelship-runtime:0.1.0",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 5,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                "lastState": {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "OOMKilled",
+                        "startedAt": "2025-01-01T00:00:00Z",
+                        "finishedAt": "2025-01-01T00:00:01Z",
+                    }
+                },
+            }
+        ],
+    }
+    kube.core.patch_namespaced_pod_status(pod.metadata.name, kube.ns, {"status": crash})
+    wait_for(lambda: kube.phase("sick") == "Degraded", "phase Degraded")
+    degraded = kube.condition("sick", "Degraded")
+    assert degraded["reason"] == "OOMKilled"
+    assert pod.metadata.name in degraded["message"]
+    wait_for(lambda: "OOMKilled" in kube.events("sick"), "an OOMKilled event")
+    kube.core.delete_namespaced_pod(pod.metadata.name, kube.ns, grace_period_seconds=0)
+    wait_for(lambda: kube.phase("sick") != "Degraded", "recovery from Degraded")
+    assert kube.condition("sick", "Degraded")["status"] == "False"
