@@ -433,7 +433,9 @@ def test_spec_changes_update_what_they_touch_and_a_new_digest_rolls(
     first = only_job(kube)
     kube.finish_build(first.metadata.name, ok=True, message=result_json("11" * 32))
     dep = wait_for(lambda: kube.get(kube.apps.read_namespaced_deployment, "up"), "Deployment")
-    wait_for(lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 1, "generation 1")
+    wait_for(
+        lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 1, "generation 1"
+    )
 
     kube.apply_mdep("up", model_spec(scaling={"maxReplicas": 9}))
     wait_for(
@@ -445,7 +447,9 @@ def test_spec_changes_update_what_they_touch_and_a_new_digest_rolls(
         ),
         "the HPA to follow maxReplicas",
     )
-    wait_for(lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 2, "generation 2")
+    wait_for(
+        lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 2, "generation 2"
+    )
     after = kube.apps.read_namespaced_deployment("up", kube.ns)
     assert after.metadata.resource_version == dep.metadata.resource_version or (
         after.metadata.generation == dep.metadata.generation
@@ -474,7 +478,9 @@ def test_spec_changes_update_what_they_touch_and_a_new_digest_rolls(
         "the Deployment to roll to the new artifact",
     )
     wait_for(lambda: kube.phase("up") in ("Progressing", "Deploying"), "a rollout phase")
-    wait_for(lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 3, "generation 3")
+    wait_for(
+        lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 3, "generation 3"
+    )
 
 
 def test_crash_looping_pod_degrades_and_recovery_clears_it(
@@ -522,3 +528,65 @@ def test_crash_looping_pod_degrades_and_recovery_clears_it(
     kube.core.delete_namespaced_pod(pod.metadata.name, kube.ns, grace_period_seconds=0)
     wait_for(lambda: kube.phase("sick") != "Degraded", "recovery from Degraded")
     assert kube.condition("sick", "Degraded")["status"] == "False"
+
+
+def reconciled_once(op: Operator) -> bool:
+    """The (new) operator process finished at least one reconcile."""
+    try:
+        text = op.metrics()
+    except OSError:
+        return False
+    line = next(
+        (
+            x
+            for x in text.splitlines()
+            if x.startswith('modelship_operator_reconciles_total{outcome="ok"}')
+        ),
+        "",
+    )
+    return bool(line) and float(line.split()[-1]) >= 1
+
+
+def test_killed_at_each_phase_converges_without_duplicates_and_status_never_lies(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    spec = model_spec(scaling={"minReplicas": 2, "maxReplicas": 3})
+    kube.apply_mdep("r", spec)  # before any operator runs: Pending, no status at all
+    op = start_operator()
+    job = only_job(kube)
+    wait_for(lambda: kube.phase("r") == "Building", "phase Building")
+
+    op.kill()  # killed while building
+    op = start_operator()
+    wait_for(lambda: reconciled_once(op), "a reconcile by the restarted operator")
+    assert [j.metadata.name for j in kube.jobs()] == [job.metadata.name]
+
+    op.kill()  # the build finishes while no operator runs
+    kube.finish_build(job.metadata.name, ok=True, message=result_json())
+    assert kube.phase("r") == "Building", "nobody has observed the build yet"
+    op = start_operator()
+    dep = wait_for(lambda: kube.get(kube.apps.read_namespaced_deployment, "r"), "Deployment")
+    wait_for(lambda: kube.get(kube.policy.read_namespaced_pod_disruption_budget, "r"), "PDB")
+    wait_for(lambda: kube.phase("r") == "Deploying", "phase Deploying")
+
+    op.kill()  # killed while deploying, then the spec changes with nobody watching
+    generation = kube.mdep("r")["metadata"]["generation"]
+    kube.apply_mdep("r", model_spec(scaling={"minReplicas": 2, "maxReplicas": 4}))
+    changed = kube.mdep("r")
+    assert changed["metadata"]["generation"] == generation + 1
+    assert changed["status"]["observedGeneration"] == generation, "status must not claim it"
+    op = start_operator()
+    wait_for(
+        lambda: kube.mdep("r").get("status", {}).get("observedGeneration") == generation + 1,
+        "observedGeneration to catch up",
+    )
+    hpa = kube.autoscaling.read_namespaced_horizontal_pod_autoscaler("r", kube.ns)
+    assert hpa.spec.max_replicas == 4
+    after = kube.apps.read_namespaced_deployment("r", kube.ns)
+    assert after.metadata.generation == dep.metadata.generation, "no rollout from a restart"
+    assert len(kube.apps.list_namespaced_replica_set(kube.ns).items) == 1
+    assert len(kube.apps.list_namespaced_deployment(kube.ns).items) == 1
+    assert len(kube.core.list_namespaced_service(kube.ns).items) == 1
+    assert len(kube.autoscaling.list_namespaced_horizontal_pod_autoscaler(kube.ns).items) == 1
+    assert len(kube.policy.list_namespaced_pod_disruption_budget(kube.ns).items) == 1
+    assert len(kube.jobs()) == 1
