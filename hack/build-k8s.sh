@@ -6,12 +6,17 @@
 # ignores for dependencies; a throwaway module pins every staging module to the matching v0.Y.Z tag.
 #
 # Usage: hack/build-k8s.sh [component ...]   (default: etcd kube-apiserver kube-controller-manager)
+# Components: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
+#             helm coredns metrics-server
 # Output: $MODELSHIP_CACHE/bin/<component>-<version> (default cache: ~/.cache/modelship);
 # prints component=path for each on stdout, progress on stderr.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.5.35}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
+METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.9.0}"
 CACHE="${MODELSHIP_CACHE:-$HOME/.cache/modelship}"
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
@@ -75,14 +80,15 @@ k8s_workdir() {
   echo "$dir"
 }
 
-etcd_workdir() {
-  local dir="$CACHE/src/etcd-$ETCD_VERSION"
+# A throwaway module that requires <module>@<version>; <package> is imported so tidy keeps it.
+module_workdir() {  # module_workdir <name> <module> <version> <importable package>
+  local dir="$CACHE/src/$1-$3"
   if [ ! -f "$dir/go.sum.done" ]; then
-    log "resolving go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    log "resolving $2@$3"
     rm -rf "$dir" && mkdir -p "$dir"
-    printf 'module modelship.local/etcdbuild\n\ngo 1.24\n' > "$dir/go.mod"
-    printf 'package tools\n\nimport _ "go.etcd.io/etcd/server/v3/etcdmain"\n' > "$dir/tools.go"
-    (cd "$dir" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 && go mod tidy >&2)
+    printf 'module modelship.local/%sbuild\n\ngo 1.24\n' "$1" > "$dir/go.mod"
+    printf 'package tools\n\nimport _ "%s"\n' "$4" > "$dir/tools.go"
+    (cd "$dir" && go get "$2@$3" >&2 && go mod tidy >&2)
     touch "$dir/go.sum.done"
   fi
   echo "$dir"
@@ -92,7 +98,27 @@ for c in "${components[@]}"; do
   case "$c" in
     etcd)
       out="$BIN/etcd-$ETCD_VERSION"
-      [ -x "$out" ] || build_module etcd "$(etcd_workdir)" go.etcd.io/etcd/server/v3 "$out" ""
+      [ -x "$out" ] || build_module etcd \
+        "$(module_workdir etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3/etcdmain)" \
+        go.etcd.io/etcd/server/v3 "$out" ""
+      ;;
+    helm)
+      out="$BIN/helm-$HELM_VERSION"
+      [ -x "$out" ] || build_module helm \
+        "$(module_workdir helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/pkg/action)" \
+        helm.sh/helm/v3/cmd/helm "$out" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+      ;;
+    coredns)
+      out="$BIN/coredns-$COREDNS_VERSION"
+      [ -x "$out" ] || build_module coredns \
+        "$(module_workdir coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns/core/plugin)" \
+        github.com/coredns/coredns "$out" ""
+      ;;
+    metrics-server)
+      out="$BIN/metrics-server-$METRICS_SERVER_VERSION"
+      [ -x "$out" ] || build_module metrics-server \
+        "$(module_workdir metrics-server sigs.k8s.io/metrics-server "$METRICS_SERVER_VERSION" sigs.k8s.io/metrics-server/cmd/metrics-server/app)" \
+        sigs.k8s.io/metrics-server/cmd/metrics-server "$out" ""
       ;;
     kube-*|kubectl|kubelet)
       out="$BIN/$c-$K8S_VERSION"

@@ -21,18 +21,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="cluster directory")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build (or find cached) control-plane binaries")
-    sub.add_parser("up", help="start the control plane and print its KUBECONFIG")
+    up = sub.add_parser("up", help="start the cluster and print its KUBECONFIG")
+    up.add_argument(
+        "--tier",
+        choices=("node", "control-plane"),
+        default=os.environ.get("TIER", "node"),
+        help="node: the full single node (pods run); control-plane: API semantics only",
+    )
     sub.add_parser("down", help="stop every process and remove the cluster directory")
     sub.add_parser("status", help="say whether a cluster runs in --dir")
     args = parser.parse_args(argv)
 
     if args.command == "build":
-        for name, path in binaries.ensure().items():
+        for name, path in binaries.ensure(binaries.CONTROL_PLANE + binaries.NODE).items():
             print(f"{name}={path}")
         return 0
     if args.command == "up":
         started = time.monotonic()
-        cluster = Cluster(args.dir)
+        cluster = Cluster(args.dir, with_node=args.tier == "node")
         cluster.start()
         log(f"`make cluster-up` took {time.monotonic() - started:.1f}s in all")
         print(f"export KUBECONFIG={cluster.kubeconfig}")

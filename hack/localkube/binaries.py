@@ -6,6 +6,7 @@ component on stdout and its progress on stderr, which we pass through.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-k8s.sh"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+NODE = ("kube-scheduler", "kubelet", "kube-proxy", "coredns", "metrics-server")
 
 
 def ensure(components: tuple[str, ...] = CONTROL_PLANE) -> dict[str, Path]:
@@ -38,3 +40,10 @@ def ensure(components: tuple[str, ...] = CONTROL_PLANE) -> dict[str, Path]:
     if missing:
         raise RuntimeError(f"{BUILD_SCRIPT.name} did not report a path for {', '.join(missing)}")
     return paths
+
+
+def cached(component: str) -> Path | None:
+    """The newest cached build of ``component`` without building anything (for teardown)."""
+    cache = Path(os.environ.get("MODELSHIP_CACHE", Path.home() / ".cache" / "modelship")) / "bin"
+    found = sorted(cache.glob(f"{component}-v*"))
+    return found[-1] if found else None

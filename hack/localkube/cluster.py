@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from localkube import binaries
+from localkube import addons, binaries, node
 from localkube.pki import ClusterPKI, KeyPair, create_pki
 
 SERVICE_CIDR = "10.96.0.0/16"
@@ -59,11 +59,17 @@ class ClusterState:
     etcd_peer_port: int
     apiserver_port: int
     controller_manager_port: int
+    node: bool = False
+    ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
 
     @property
+    def host(self) -> str:
+        return node.NODE_IP if self.node else "127.0.0.1"
+
+    @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.host}:{self.apiserver_port}"
 
     def save(self) -> None:
         path = Path(self.directory) / STATE_FILE
@@ -119,8 +125,9 @@ def _wait_until(
 class Cluster:
     """A control plane living in ``directory``; ``start`` it, then ``stop`` or ``destroy`` it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, with_node: bool = False) -> None:
         self.directory = directory.resolve()
+        self.with_node = with_node
         self.kubeconfig = self.directory / "admin.kubeconfig"
         self.state: ClusterState | None = None
         self._bins: dict[str, Path] = {}
@@ -156,11 +163,14 @@ class Cluster:
         """A handle on a cluster started earlier (by ``make cluster-up``) in ``directory``."""
         cluster = cls(directory)
         cluster.state = ClusterState.load(cluster.directory)
+        cluster.with_node = cluster.state.node
         return cluster
 
     def start(self, timeout_s: float = 120.0) -> None:
         started = time.monotonic()
-        self._bins = binaries.ensure(binaries.CONTROL_PLANE)
+        self._bins = binaries.ensure(
+            binaries.CONTROL_PLANE + (binaries.NODE if self.with_node else ())
+        )
         if (self.directory / STATE_FILE).exists():
             raise RuntimeError(
                 f"a cluster already lives in {self.directory}: run `make cluster-down` first"
@@ -214,6 +224,8 @@ class Cluster:
                 timeout_s,
             )
             self._wait_for_default_service_account(timeout_s)
+            if self.with_node:
+                self._start_node(pki, timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -228,18 +240,25 @@ class Cluster:
         if state is None:
             return
         for name in reversed(list(state.pids)):
+            if name == "containerd":
+                # Containers outlive the kubelet; remove them while containerd still answers.
+                node.Images(node.NodeFiles(self.directory).socket).purge_containers()
             pid = state.pids[name]
             _terminate(pid, name, self.directory)
             proc = self._procs.pop(pid, None)
             if proc is not None:
                 proc.wait()
+        if state.node:
+            kube_proxy = binaries.cached("kube-proxy")
+            node.clean_host(kube_proxy)
+            node.unmount_under(self.directory)
         (self.directory / STATE_FILE).unlink(missing_ok=True)
         self.state = None
 
     def destroy(self) -> None:
         """Stop, then remove the cluster's directory (data, certificates, logs)."""
         self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        node.remove_tree(self.directory)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -259,11 +278,11 @@ class Cluster:
             raise KubectlError(args, result.returncode, result.stderr)
         return result
 
-    def _spawn(self, name: str, args: Sequence[str]) -> None:
+    def _spawn(self, name: str, args: Sequence[str], program: Sequence[str] = ()) -> None:
         assert self.state is not None
         logfile = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [str(self._bins[name]), *args],
+            [*(program or [str(self._bins[name])]), *args],
             stdout=logfile,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -279,13 +298,19 @@ class Cluster:
         assert self.state is not None
         for name, pid in self.state.pids.items():
             if not _alive(pid):
-                return name
+                logfile = self.log_dir / f"{name}.log"
+                tail = (
+                    logfile.read_text(errors="replace").splitlines()[-15:]
+                    if logfile.exists()
+                    else []
+                )
+                return name + " (last lines of its log:\n  " + "\n  ".join(tail) + "\n)"
         return None
 
     def _wait_http(self, url: str, what: str, pki: ClusterPKI, timeout_s: float) -> None:
         context = ssl.create_default_context(cafile=str(pki.ca.cert))
         context.load_cert_chain(str(pki.admin.cert), str(pki.admin.key))
-        if "controller-manager" in what:
+        if url.startswith("https://127.0.0.1") and what != "kube-apiserver":
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE  # it serves a self-signed certificate of its own
 
@@ -304,6 +329,148 @@ class Cluster:
             return self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
 
         _wait_until(ok, "the default service account", timeout_s, self._dead_process)
+
+    def _start_node(self, pki: ClusterPKI, timeout_s: float) -> None:
+        assert self.state is not None
+        files = node.NodeFiles(self.directory)
+        certs = node.node_certificates(self.pki_dir)
+        for name in ("kubelet", "kubelet_healthz", "proxy_healthz", "proxy_metrics", "scheduler"):
+            self.state.ports[name] = free_port()
+        kubeconfigs = {
+            name: write_kubeconfig(
+                self.directory / f"{name}.kubeconfig", self.state.server, pki.ca.cert, pair, name
+            )
+            for name, pair in (
+                ("scheduler", pki.scheduler),
+                ("kubelet", certs["kubelet-client"]),
+                ("kube-proxy", certs["kube-proxy"]),
+            )
+        }
+        self._spawn(
+            "kube-scheduler",
+            [
+                f"--kubeconfig={kubeconfigs['scheduler']}",
+                f"--authentication-kubeconfig={kubeconfigs['scheduler']}",
+                f"--authorization-kubeconfig={kubeconfigs['scheduler']}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.state.ports['scheduler']}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+        )
+        self.state.save()
+        self._spawn(
+            "containerd", ["--config", str(files.write_containerd_config())], program=["containerd"]
+        )
+        self.state.save()
+        images = node.Images(files.socket)
+        _wait_until(
+            lambda: (
+                files.socket.exists()
+                and node.run("ctr", f"--address={files.socket}", "version", check=False).returncode
+                == 0
+            ),
+            "containerd",
+            60,
+            self._dead_process,
+        )
+        images.purge_containers()
+        system_images = images.ensure_system_images(self._bins)
+        files.write_cni_config()
+        self._spawn(
+            "kubelet",
+            [
+                "--config="
+                + str(
+                    files.write_kubelet_config(
+                        pki,
+                        certs["kubelet-serving"],
+                        self.state.ports["kubelet"],
+                        self.state.ports["kubelet_healthz"],
+                    )
+                ),
+                f"--kubeconfig={kubeconfigs['kubelet']}",
+                f"--root-dir={files.kubelet_dir}",
+                f"--hostname-override={node.NODE_NAME}",
+                f"--node-ip={node.NODE_IP}",
+                "--v=1",
+            ],
+        )
+        self.state.save()
+        self._spawn(
+            "kube-proxy",
+            [
+                "--config="
+                + str(
+                    files.write_kube_proxy_config(
+                        kubeconfigs["kube-proxy"],
+                        self.state.ports["proxy_healthz"],
+                        self.state.ports["proxy_metrics"],
+                    )
+                ),
+            ],
+        )
+        self._spawn(
+            "provisioner",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                f"--root={files.storage_dir}",
+                f"--node={node.NODE_NAME}",
+            ],
+            program=[sys.executable, "-m", "localkube.provisioner"],
+        )
+        self.state.save()
+        self._wait_kubectl(
+            ["wait", "--for=condition=Ready", f"node/{node.NODE_NAME}", "--timeout=5s"],
+            "the node to be Ready",
+            timeout_s,
+        )
+        _, coredns_image, metrics_image = system_images
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": addons.manifests(coredns_image, metrics_image),
+                }
+            ),
+        )
+        for deployment in ("coredns", "metrics-server"):
+            self._wait_kubectl(
+                [
+                    "-n",
+                    "kube-system",
+                    "wait",
+                    "--for=condition=Available",
+                    f"deployment/{deployment}",
+                    "--timeout=5s",
+                ],
+                deployment,
+                timeout_s,
+            )
+        self._wait_kubectl(
+            [
+                "wait",
+                "--for=condition=Available",
+                "apiservice/v1beta1.metrics.k8s.io",
+                "--timeout=5s",
+            ],
+            "the metrics API",
+            timeout_s,
+        )
+        log(f"node {node.NODE_NAME} ready at {node.NODE_IP}")
+
+    def _wait_kubectl(self, args: list[str], what: str, timeout_s: float) -> None:
+        _wait_until(
+            lambda: self.kubectl(*args, check=False).returncode == 0,
+            what,
+            timeout_s,
+            self._dead_process,
+        )
 
     def _etcd_args(self) -> list[str]:
         assert self.state is not None
@@ -327,8 +494,8 @@ class Cluster:
         assert self.state is not None
         return [
             f"--etcd-servers=http://127.0.0.1:{self.state.etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.state.host}",
+            f"--advertise-address={self.state.host}",
             f"--secure-port={self.state.apiserver_port}",
             f"--tls-cert-file={pki.apiserver.cert}",
             f"--tls-private-key-file={pki.apiserver.key}",
@@ -339,8 +506,11 @@ class Cluster:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
-            # Loopback cannot back the `kubernetes` Service endpoints; pods don't run in this tier.
-            "--endpoint-reconciler-type=none",
+            # Loopback cannot back the `kubernetes` Service; without a node no pod needs it.
+            f"--endpoint-reconciler-type={'lease' if self.state.node else 'none'}",
+            f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
+            f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
             "--requestheader-allowed-names=front-proxy-client",
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
@@ -368,6 +538,9 @@ class Cluster:
             "--use-service-account-credentials=true",
             "--leader-elect=false",
             "--controllers=*",
+            # Scale-down waits 5 minutes by default; tests and demos cannot.
+            "--horizontal-pod-autoscaler-downscale-stabilization=60s",
+            "--horizontal-pod-autoscaler-sync-period=10s",
             "--profiling=false",
             "--v=1",
         ]

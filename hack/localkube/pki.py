@@ -144,6 +144,7 @@ class ClusterPKI:
     admin: KeyPair
     controller_manager: KeyPair
     scheduler: KeyPair
+    apiserver_kubelet_client: KeyPair
     front_proxy_ca: KeyPair
     front_proxy_client: KeyPair
     service_account: KeyPair
@@ -172,6 +173,12 @@ def create_pki(directory: Path, server_names: tuple[str, ...]) -> ClusterPKI:
             directory / "controller-manager", "system:kube-controller-manager", client=True
         ),
         scheduler=ca.issue(directory / "scheduler", "system:kube-scheduler", client=True),
+        apiserver_kubelet_client=ca.issue(
+            directory / "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            organizations=("system:masters",),
+            client=True,
+        ),
         front_proxy_ca=front.pair,
         front_proxy_client=front.issue(
             directory / "front-proxy-client", "front-proxy-client", client=True

@@ -1,0 +1,29 @@
+# Sourced by the image scripts: make sure Docker and debootstrap are installed and dockerd runs.
+# Idempotent; starts dockerd in the background only when no daemon answers.
+
+ensure_packages() {
+  local missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  if ((${#missing[@]})); then
+    echo "==> installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_dockerd() {
+  if docker info >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "==> starting dockerd (log: /var/log/modelship-dockerd.log)"
+  nohup dockerd >/var/log/modelship-dockerd.log 2>&1 &
+  local i
+  for i in $(seq 1 60); do
+    if docker info >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 1
+  done
+  echo "dockerd did not answer 'docker info' within 60 s; see /var/log/modelship-dockerd.log" >&2
+  return 1
+}
