@@ -40,7 +40,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     metrics = OperatorMetrics()
     metrics.serve(config.metrics_port)
     api_client = new_api_client(pool_size=config.concurrency + 2)
-    reconciler = Reconciler(Kube(api_client), config, metrics)
+    reconciler = Reconciler(Kube(api_client, metrics.count_request), config, metrics)
     controller = Controller(reconciler.reconcile, config.concurrency, metrics)
     controller.start()
     memo["reconciler"] = reconciler

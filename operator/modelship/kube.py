@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -71,8 +72,11 @@ def new_api_client(pool_size: int) -> client.ApiClient:
 class Kube:
     """Typed-by-kind access to the handful of resources the operator touches."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(
+        self, api_client: client.ApiClient, on_request: Callable[[str], None] | None = None
+    ) -> None:
         self._client = api_client
+        self._on_request = on_request or (lambda _verb: None)
 
     def _call(
         self,
@@ -83,6 +87,7 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
+        self._on_request(method)
         response = self._client.call_api(
             path,
             method,

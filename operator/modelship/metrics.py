@@ -39,6 +39,12 @@ class OperatorMetrics:
             buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
             registry=self.registry,
         )
+        self.api_requests = Counter(
+            "modelship_operator_api_requests_total",
+            "Requests the reconciler sent to the API server, by HTTP method (watches excluded).",
+            ["method"],
+            registry=self.registry,
+        )
         self.objects = Gauge(
             "modelship_operator_objects",
             "ModelDeployments by phase, as last reconciled.",
@@ -47,6 +53,9 @@ class OperatorMetrics:
         )
         for phase in Phase:
             self.objects.labels(phase.value)
+
+    def count_request(self, method: str) -> None:
+        self.api_requests.labels(method).inc()
 
     def observe_build(self, outcome: str, seconds: float | None) -> None:
         self.builds.labels(outcome).inc()
