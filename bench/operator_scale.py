@@ -4,7 +4,8 @@ For each N (default 100 500 1000) on a fresh control plane (etcd, kube-apiserver
 kube-controller-manager; no kubelet, so pods stay Pending and the end state is phase Deploying):
 
 - time to steady state: from the first apply until every ModelDeployment reports
-  observedGeneration 1 and phase Deploying with its Deployment, Service and HPA in place;
+  observedGeneration 1, phase Deploying and status.replicas 1 (Deployment, ReplicaSet and pod
+  exist; the Service and HPA are applied before the Deployment's status can say so);
 - operator RSS (VmRSS of ``python -m modelship``) at steady state;
 - API requests per object sent by the reconciler (the operator's
   ``modelship_operator_api_requests_total``, watches excluded) and the API server's own
@@ -130,6 +131,7 @@ def settled(custom: client.CustomObjectsApi, n: int) -> int:
         for o in items
         if (o.get("status") or {}).get("observedGeneration") == 1
         and (o.get("status") or {}).get("phase") == "Deploying"
+        and (o.get("status") or {}).get("replicas") == 1  # the ReplicaSet made its pod
     )
 
 
@@ -150,7 +152,7 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
             "MODELSHIP_METRICS_PORT": str(port),
             "MODELSHIP_RESYNC_SECONDS": "15",
             "MODELSHIP_POLL_SECONDS": "10",
-            "MODELSHIP_LOG_LEVEL": "WARNING",
+            "MODELSHIP_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         }
         log = (workdir / f"operator-{n}.log").open("wb")
         op = subprocess.Popen([sys.executable, "-m", "modelship"], env=env, stdout=log, stderr=log)

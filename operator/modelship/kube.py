@@ -88,6 +88,8 @@ class Kube:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         self._on_request(method)
+        if method != "GET":
+            log.debug("%s %s", method, path)
         response = self._client.call_api(
             path,
             method,
