@@ -1,0 +1,578 @@
+"""Serving benchmark: our runtime server vs the in-process onnxruntime limit vs Python peers.
+
+One run, same model files, same onnxruntime thread settings, same load generator (wrk, a compiled
+closed-loop client: one connection per concurrent client, one wrk thread). For every model and
+server it records throughput, p50/p99 latency at concurrency 1, 8 and 32 and the server's
+CPU-seconds per request (utime+stime of the server's process tree), repeated --repeats times
+(servers interleaved per repeat so drift hits everyone alike) and reports median and spread.
+
+Peers (MLServer with a custom ONNX runtime, KServe's Python ModelServer) run from a separate venv
+(.bench-venv/mlserver, .bench-venv/kserve; gitignored) because their dependencies conflict with
+ours and with each other:
+
+    python -m venv .bench-venv/mlserver && .bench-venv/mlserver/bin/pip install mlserver==1.7.1 \
+        onnxruntime==1.31.1
+    python -m venv .bench-venv/kserve && .bench-venv/kserve/bin/pip install kserve==0.21.0 \
+        onnxruntime==1.31.1
+
+    .venv/bin/python bench/serving.py --repeats 3 --duration 5 --out bench/results/serving.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = Path(os.environ.get("MODELSHIP_MODELS_DIR", REPO.parent / "shared" / "models"))
+MINILM = MODELS / "all-MiniLM-L6-v2"
+CONCURRENCY = (1, 8, 32)
+THREADS = 2
+
+
+# --- models and request bodies -------------------------------------------------------------
+
+
+def digits_mlp(path: Path) -> tuple[Path, np.ndarray]:
+    """An MLP trained on sklearn's digits, written with onnx.helper; returns (model, one row)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0).fit(x, y)
+    weights = [
+        numpy_helper.from_array(np.asarray(a, np.float32), n)
+        for a, n in zip(
+            [clf.coefs_[0], clf.intercepts_[0], clf.coefs_[1], clf.intercepts_[1]],
+            ["w1", "b1", "w2", "b2"],
+            strict=True,
+        )
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "w1"], ["h0"]),
+            helper.make_node("Add", ["h0", "b1"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["h2"]),
+            helper.make_node("MatMul", ["h2", "w2"], ["l0"]),
+            helper.make_node("Add", ["l0", "b2"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "digits",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path, x[:1]
+
+
+def minilm_feeds(length: int, batch: int = 1) -> dict[str, np.ndarray]:
+    """Real token ids from the reference sentences, concatenated to exactly ``length`` tokens."""
+    reference = np.load(MINILM / "reference.npz")
+    ids = reference["input_ids"]
+    mask = reference["attention_mask"]
+    tokens = [
+        int(t)
+        for row, m in zip(ids, mask, strict=True)
+        for t in row[1:][m[1:] == 1]
+        if t not in (101, 102, 0)
+    ]
+    row = np.array([101, *tokens[: length - 2], 102], dtype=np.int64)
+    assert row.size == length
+    ids = np.tile(row, (batch, 1))
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "token_type_ids": np.zeros_like(ids),
+    }
+
+
+_DATATYPE = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+
+
+def oip_body(feeds: dict[str, np.ndarray]) -> bytes:
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": n,
+                    "shape": list(a.shape),
+                    "datatype": _DATATYPE[a.dtype],
+                    "data": a.ravel().tolist(),
+                }
+                for n, a in feeds.items()
+            ]
+        }
+    ).encode()
+
+
+@dataclass
+class Case:
+    name: str
+    model: Path
+    feeds: dict[str, np.ndarray]
+    batch_feeds: dict[str, np.ndarray]
+
+
+# --- the in-process limit ------------------------------------------------------------------
+
+
+def session(model: Path, spinning: bool) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def limit(case: Case, seconds: float) -> dict[str, Any]:
+    """items/s of a bare session.run loop at batch 1 and 32; best of spinning on and off."""
+    result: dict[str, Any] = {}
+    for label, feeds in (("batch1", case.feeds), ("batch32", case.batch_feeds)):
+        best: dict[str, Any] | None = None
+        for spinning in (False, True):
+            sess = session(case.model, spinning)
+            for _ in range(5):
+                sess.run(None, feeds)
+            times: list[float] = []
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                start = time.perf_counter()
+                sess.run(None, feeds)
+                times.append(time.perf_counter() - start)
+            rows = next(iter(feeds.values())).shape[0]
+            entry = {
+                "items_per_s": rows * len(times) / sum(times),
+                "p50_ms": 1000 * float(np.percentile(times, 50)),
+                "p99_ms": 1000 * float(np.percentile(times, 99)),
+                "spinning": spinning,
+            }
+            if best is None or entry["items_per_s"] > best["items_per_s"]:
+                best = entry
+        result[label] = best
+    return result
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+MLSERVER_RUNTIME = """
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class OnnxModel(MLModel):
+    async def load(self) -> bool:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = {threads}
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            self.settings.parameters.uri, options, providers=["CPUExecutionProvider"]
+        )
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        feeds = {{i.name: NumpyCodec.decode_input(i) for i in payload.inputs}}
+        outputs = self.session.run(None, feeds)
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[NumpyCodec.encode_output(n, a) for n, a in zip(self.output_names, outputs)],
+        )
+"""
+
+KSERVE_SERVER = """
+import sys
+import kserve
+import onnxruntime as ort
+from kserve import InferOutput, InferRequest, InferResponse
+
+
+class OnnxModel(kserve.Model):
+    def __init__(self, name, path):
+        super().__init__(name)
+        self.path = path
+        self.load()
+
+    def load(self):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = {threads}
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.ready = True
+
+    def predict(self, payload: InferRequest, headers=None):
+        feeds = {{i.name: i.as_numpy() for i in payload.inputs}}
+        outputs = []
+        for name, array in zip(self.output_names, self.session.run(None, feeds)):
+            out = InferOutput(name=name, shape=list(array.shape), datatype="FP32")
+            out.set_data_from_numpy(array, binary_data=False)
+            outputs.append(out)
+        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=payload.id)
+
+
+if __name__ == "__main__":
+    kserve.ModelServer(http_port=int(sys.argv[2]), grpc_port=int(sys.argv[3]), workers=1,
+                       enable_grpc=False).start([OnnxModel("model", sys.argv[1])])
+"""
+
+
+@dataclass
+class Server:
+    name: str
+    start: Callable[[Path, int, Path], subprocess.Popen[bytes]]
+    batching: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def ours(batching: bool) -> Callable[[Path, int, Path], subprocess.Popen[bytes]]:
+    def start(model: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
+        model_dir = work / "ours"
+        model_dir.mkdir(exist_ok=True)
+        link = model_dir / "model.onnx"
+        if not link.exists():
+            link.symlink_to(model)
+        args = [
+            sys.executable,
+            "-m",
+            "modelship_runtime",
+            "serve",
+            "--model-dir",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--rest-port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--intra-op-threads",
+            str(THREADS),
+            "--log-level",
+            "warning",
+        ]
+        if batching:
+            args += ["--max-batch-size", "32", "--max-delay-ms", "5"]
+        return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    return start
+
+
+def mlserver(peer_python: Path, batching: bool) -> Callable[..., subprocess.Popen[bytes]]:
+    def start(model: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
+        root = work / ("mlserver-batch" if batching else "mlserver")
+        (root / "model").mkdir(parents=True, exist_ok=True)
+        (root / "peer_runtime.py").write_text(MLSERVER_RUNTIME.format(threads=THREADS))
+        settings = {
+            "http_port": port,
+            "grpc_port": free_port(),
+            "metrics_port": free_port(),
+            "parallel_workers": 0,
+            "debug": False,
+        }
+        (root / "settings.json").write_text(json.dumps(settings))
+        model_settings: dict[str, Any] = {
+            "name": "model",
+            "implementation": "peer_runtime.OnnxModel",
+            "parameters": {"uri": str(model)},
+        }
+        if batching:
+            model_settings.update({"max_batch_size": 32, "max_batch_time": 0.005})
+        (root / "model" / "model-settings.json").write_text(json.dumps(model_settings))
+        mlserver_bin = peer_python.parent / "mlserver"
+        return subprocess.Popen(
+            [str(mlserver_bin), "start", str(root)],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+    return start
+
+
+def kserve(peer_python: Path) -> Callable[..., subprocess.Popen[bytes]]:
+    def start(model: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
+        script = work / "kserve_server.py"
+        script.write_text(KSERVE_SERVER.format(threads=THREADS))
+        return subprocess.Popen(
+            [str(peer_python), str(script), str(model), str(port), str(free_port())],
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+    return start
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/v2/models/model/ready", timeout=2
+            ) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server on :{port} not ready within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime+stime of a process and all its descendants (live ones), in seconds."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while todo:
+        current = todo.pop()
+        if current in stats:
+            total += (int(stats[current][11]) + int(stats[current][12])) / tick
+        todo.extend(children.get(current, []))
+    return total
+
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("{body}", "rb")
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
+def run_wrk(port: int, lua: Path, concurrency: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{round(seconds)}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(lua),
+            f"http://127.0.0.1:{port}/v2/models/model/infer",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, float] = {"errors": 0.0}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.strip().startswith(("50%", "99%")):
+            result[f"p{parts[0][:-1]}_ms"] = _ms(parts[1])
+        elif line.startswith("Requests/sec:"):
+            result["req_per_s"] = float(parts[1])
+        elif "requests in" in line:
+            result["requests"] = float(parts[0])
+        elif line.strip().startswith("Non-2xx"):
+            result["errors"] += float(parts[-1])
+        elif line.strip().startswith("Socket errors"):
+            result["errors"] += sum(float(p.rstrip(",")) for p in parts[3::2])
+    return result
+
+
+def _ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    raise ValueError(text)
+
+
+def measure(server: Server, case: Case, work: Path, seconds: float) -> dict[int, dict[str, float]]:
+    port = free_port()
+    proc = server.start(case.model, port, work)
+    try:
+        wait_ready(port, proc)
+        body = work / f"{case.name}.json"
+        body.write_bytes(oip_body(case.feeds))
+        lua = work / f"{case.name}.lua"
+        lua.write_text(WRK_LUA.format(body=body))
+        results: dict[int, dict[str, float]] = {}
+        for concurrency in CONCURRENCY:
+            run_wrk(port, lua, concurrency, 1)  # warm connections, caches, batcher
+            before = tree_cpu_seconds(proc.pid)
+            figures = run_wrk(port, lua, concurrency, seconds)
+            figures["cpu_s_per_req"] = (tree_cpu_seconds(proc.pid) - before) / max(
+                figures.get("requests", 1), 1
+            )
+            results[concurrency] = figures
+            print(
+                f"    {server.name:16s} {case.name:10s} c={concurrency:<3d} "
+                f"{figures['req_per_s']:8.1f} req/s  p50 {figures['p50_ms']:7.2f} ms  "
+                f"p99 {figures['p99_ms']:7.2f} ms  cpu {1000 * figures['cpu_s_per_req']:.2f} "
+                f"ms/req  errors {figures['errors']:.0f}",
+                flush=True,
+            )
+        return results
+    finally:
+        stop(proc)
+
+
+def summarize(runs: list[Any]) -> dict[str, float]:
+    values = [float(r) for r in runs]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--mlserver-python", type=Path, default=REPO / ".bench-venv/mlserver/bin/python"
+    )
+    parser.add_argument(
+        "--kserve-python", type=Path, default=REPO / ".bench-venv/kserve/bin/python"
+    )
+    parser.add_argument("--models", default="minilm16,minilm128,mlp")
+    parser.add_argument("--servers", default="ours,ours-batch,mlserver,mlserver-batch,kserve")
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/serving.json")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    mlp_path, mlp_row = digits_mlp(work / "digits.onnx")
+    cases = {
+        "minilm16": Case("minilm16", MINILM / "model.onnx", minilm_feeds(16), minilm_feeds(16, 32)),
+        "minilm128": Case(
+            "minilm128", MINILM / "model.onnx", minilm_feeds(128), minilm_feeds(128, 32)
+        ),
+        "mlp": Case("mlp", mlp_path, {"input": mlp_row}, {"input": np.repeat(mlp_row, 32, 0)}),
+    }
+    servers = {
+        "ours": Server("ours", ours(False)),
+        "ours-batch": Server("ours-batch", ours(True), batching=True),
+        "mlserver": Server("mlserver", mlserver(args.mlserver_python, False)),
+        "mlserver-batch": Server("mlserver-batch", mlserver(args.mlserver_python, True), True),
+        "kserve": Server("kserve", kserve(args.kserve_python)),
+    }
+    chosen_cases = [cases[c] for c in args.models.split(",")]
+    chosen_servers = [servers[s] for s in args.servers.split(",")]
+
+    raw: dict[str, Any] = {"limit": {}, "servers": {}}
+    for repeat in range(args.repeats):
+        print(f"== repeat {repeat + 1}/{args.repeats}", flush=True)
+        for case in chosen_cases:
+            lim = limit(case, min(args.duration, 2))
+            raw["limit"].setdefault(case.name, []).append(lim)
+            print(
+                f"    {'limit':16s} {case.name:10s} batch1 {lim['batch1']['items_per_s']:8.1f} "
+                f"items/s  batch32 {lim['batch32']['items_per_s']:8.1f} items/s",
+                flush=True,
+            )
+            for server in chosen_servers:
+                try:
+                    result = measure(server, case, work, args.duration)
+                except (RuntimeError, subprocess.CalledProcessError) as exc:
+                    print(f"    {server.name}: {exc}", flush=True)
+                    continue
+                raw["servers"].setdefault(case.name, {}).setdefault(server.name, []).append(result)
+
+    summary: dict[str, Any] = {}
+    for case in chosen_cases:
+        limits = raw["limit"][case.name]
+        entry: dict[str, Any] = {
+            "limit_batch1": summarize([r["batch1"]["items_per_s"] for r in limits]),
+            "limit_batch32": summarize([r["batch32"]["items_per_s"] for r in limits]),
+            "limit_batch1_p50_ms": summarize([r["batch1"]["p50_ms"] for r in limits]),
+        }
+        for name, runs in raw["servers"].get(case.name, {}).items():
+            for concurrency in CONCURRENCY:
+                key = f"{name}@{concurrency}"
+                entry[key] = {
+                    metric: summarize([run[concurrency][metric] for run in runs])
+                    for metric in ("req_per_s", "p50_ms", "p99_ms", "cpu_s_per_req", "errors")
+                }
+        summary[case.name] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "raw": raw}, indent=1))
+    print(report(summary))
+    return 0
+
+
+def report(summary: dict[str, Any]) -> str:
+    lines = []
+    for case, entry in summary.items():
+        b1 = entry["limit_batch1"]["median"]
+        b32 = entry["limit_batch32"]["median"]
+        lines.append(f"\n### {case}: limit {b1:.0f} items/s at batch 1, {b32:.0f} at batch 32\n")
+        lines.append(
+            "| server | c | req/s (min-max) | vs limit b1 | vs limit b32 | p50 ms | "
+            "p99 ms (min-max) | CPU ms/req |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for key, figures in entry.items():
+            if "@" not in key:
+                continue
+            name, concurrency = key.split("@")
+            rps = figures["req_per_s"]
+            lines.append(
+                f"| {name} | {concurrency} | {rps['median']:.0f} "
+                f"({rps['min']:.0f}-{rps['max']:.0f}) | {rps['median'] / b1:.2f} | {rps['median'] / b32:.2f} | "
+                f"{figures['p50_ms']['median']:.2f} | {figures['p99_ms']['median']:.1f} "
+                f"({figures['p99_ms']['min']:.1f}-{figures['p99_ms']['max']:.1f}) | "
+                f"{1000 * figures['cpu_s_per_req']['median']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
