@@ -566,7 +566,8 @@ def report(summary: dict[str, Any]) -> str:
             rps = figures["req_per_s"]
             lines.append(
                 f"| {name} | {concurrency} | {rps['median']:.0f} "
-                f"({rps['min']:.0f}-{rps['max']:.0f}) | {rps['median'] / b1:.2f} | {rps['median'] / b32:.2f} | "
+                f"({rps['min']:.0f}-{rps['max']:.0f}) | {rps['median'] / b1:.2f} | "
+                f"{rps['median'] / b32:.2f} | "
                 f"{figures['p50_ms']['median']:.2f} | {figures['p99_ms']['median']:.1f} "
                 f"({figures['p99_ms']['min']:.1f}-{figures['p99_ms']['max']:.1f}) | "
                 f"{1000 * figures['cpu_s_per_req']['median']:.2f} |"
