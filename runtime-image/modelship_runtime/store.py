@@ -16,8 +16,10 @@ import contextlib
 import errno
 import hashlib
 import os
+import random
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +33,7 @@ from modelship_runtime.s3client import make_client, parse_s3_uri
 
 _DIGEST = re.compile(r"^sha256:([a-f0-9]{64})$")
 _REQUEST_KEY = re.compile(r"^[a-f0-9]{64}$")
-_PUBLISH_ROUNDS = 5
+_PUBLISH_ROUNDS = 12
 
 
 class StoreError(Exception):
@@ -229,13 +231,6 @@ class S3Store:
         sha: str | None = head.get("Metadata", {}).get("sha256")
         return sha
 
-    def _consistent(self, digest: str) -> bool:
-        manifest = self.get_manifest(digest)
-        return manifest is not None and (
-            manifest.model_sha256 is None
-            or self._stored_model_sha256(digest, manifest.model_file) == manifest.model_sha256
-        )
-
     def download(self, digest: str, dest: Path) -> Manifest:
         manifest = self.get_manifest(digest)
         if manifest is None:
@@ -255,28 +250,47 @@ class S3Store:
 
     def publish(self, digest: str, model: Path, manifest: Manifest) -> str:
         # S3 has no rename. Model first, manifest last; readers trust only a manifest whose
-        # model_sha256 matches the model's. Concurrent builders of one digest may have produced
-        # different bytes (auto selection is timing-based), so each checks afterwards that the
-        # pair is consistent and rewrites its own pair if not; this settles on one intact pair.
+        # model_sha256 matches the stored model's. Concurrent builders of one digest may hold
+        # different bytes (auto selection is timing-based), so each round either finds a
+        # consistent pair (anyone's) and stops, or completes the pair with the fewest writes;
+        # jittered waits break the symmetry between writers so they settle on one pair.
         sha = manifest.model_sha256 or file_sha256(model)
-        manifest = manifest.model_copy(update={"model_sha256": sha})
+        body = manifest.model_copy(update={"model_sha256": sha}).model_dump_json(indent=2)
         model_key = self._key(digest_hex(digest), manifest.model_file)
         manifest_key = self._key(digest_hex(digest), MANIFEST_FILE)
-        for _ in range(_PUBLISH_ROUNDS):
-            if self._consistent(digest):
-                return self.artifact_uri(digest)
-            if self._stored_model_sha256(digest, manifest.model_file) != sha:
-                self.client.upload_file(
-                    str(model), self.bucket, model_key, ExtraArgs={"Metadata": {"sha256": sha}}
-                )
+
+        def put_model() -> None:
+            self.client.upload_file(
+                str(model), self.bucket, model_key, ExtraArgs={"Metadata": {"sha256": sha}}
+            )
+
+        def put_manifest() -> None:
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=manifest_key,
-                Body=manifest.model_dump_json(indent=2).encode(),
+                Body=body.encode(),
                 ContentType="application/json",
             )
-        if self._consistent(digest):
-            return self.artifact_uri(digest)
+
+        for attempt in range(_PUBLISH_ROUNDS):
+            stored = self.get_manifest(digest)
+            stored_sha = self._stored_model_sha256(digest, manifest.model_file)
+            if (
+                stored is not None
+                and stored_sha is not None
+                and stored.model_sha256 in (None, stored_sha)
+            ):
+                return self.artifact_uri(digest)
+            if stored_sha == sha:
+                put_manifest()
+            elif stored is not None and stored.model_sha256 == sha:
+                put_model()
+            elif stored_sha is None or attempt >= _PUBLISH_ROUNDS // 2:
+                # Nobody else is writing, or a writer died half-way: write our own pair.
+                put_model()
+                put_manifest()
+            # else another writer is between its model and its manifest: give it time.
+            time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))
         raise StoreError(
             f"could not publish {digest} to {self.uri}: other writers kept replacing it; retry"
         )

@@ -80,7 +80,7 @@ def test_concurrent_publishes_settle_on_one_intact_artifact(
     name, client = bucket
     digest = "sha256:" + "cd" * 32
     models = []
-    for i in range(4):
+    for i in range(6):
         path = tmp_path / f"{i}.onnx"
         path.write_bytes(f"variant-{i}".encode() * 5000)
         models.append(path)
