@@ -22,6 +22,10 @@ venv: $(VENV)/.installed  ## create .venv with every extra installed
 crds: venv  ## regenerate the CRD YAML (crds/ and the chart) from the pydantic models
 	$(PY) -m modelship.api.crd crds charts/modelship/crds
 
+rbac: venv  ## regenerate deploy/rbac.yaml and the chart's RBAC template from modelship/rbac.py
+	$(PY) -m modelship.rbac > deploy/rbac.yaml
+	$(PY) hack/chart_rbac.py
+
 test: venv cluster-build  ## every tier but e2e: lint, unit, slow, integration (the README's test command)
 	$(MAKE) lint
 	$(PYTEST) -m "not e2e"

@@ -1,0 +1,88 @@
+"""Helm for the chart tests: the binary from hack/build-k8s.sh; `helm template` as objects."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "modelship"
+RELEASE = "modelship"
+NAMESPACE = "modelship-system"
+
+
+@functools.cache
+def helm_binary() -> str:
+    """Built from Go modules once (minutes) and cached by version; prints helm=<path>."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-k8s.sh"), "helm"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("helm="):
+            return line.removeprefix("helm=")
+    raise RuntimeError(f"hack/build-k8s.sh helm printed no helm=<path>: {out!r}")
+
+
+@functools.cache
+def _helm_home() -> str:
+    # helm keeps repositories and plugins under these; tests need neither, so keep them private.
+    return tempfile.mkdtemp(prefix="modelship-helm-")
+
+
+def helm(*args: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run helm (never raises); ``values`` goes in as one more values file."""
+    home = _helm_home()
+    env = {
+        "HELM_CACHE_HOME": f"{home}/cache",
+        "HELM_CONFIG_HOME": f"{home}/config",
+        "HELM_DATA_HOME": f"{home}/data",
+        "PATH": "/usr/bin:/bin",
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as extra:
+        json.dump(values or {}, extra)
+        extra.flush()
+        return subprocess.run(
+            [helm_binary(), *args, "--values", extra.name],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+
+def template_text(
+    values: dict[str, Any] | None = None, *, namespace: str = NAMESPACE, crds: bool = False
+) -> str:
+    args = ["template", RELEASE, str(CHART), "--namespace", namespace]
+    if crds:
+        args.append("--include-crds")
+    result = helm(*args, values=values)
+    if result.returncode != 0:
+        raise AssertionError(f"helm template failed:\n{result.stderr}")
+    return result.stdout
+
+
+def template(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(template_text(values, **kwargs)) if d]
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def operator_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"]}
