@@ -1,0 +1,78 @@
+"""The chart against a real API server: every rendered object passes a server-side dry run
+(admission, schemas, the CRD itself), and the installed RBAC grants the operator exactly what
+modelship.rbac declares.
+
+(Named test_chart_apply, not test_chart: tests/unit/test_chart.py has that basename, and test
+directories are not packages.)"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from chart_helpers import template_text
+from modelship import rbac
+
+pytestmark = pytest.mark.integration
+
+
+def values_for(namespace: str, **extra: Any) -> dict[str, Any]:
+    return {"store": {"pvc": {"namespaces": [namespace]}}, **extra}
+
+
+def dry_run(cluster: Any, manifest: str) -> str:
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=manifest, check=False)
+    assert result.returncode == 0, result.stderr
+    return str(result.stdout)
+
+
+def test_default_chart_passes_a_server_side_dry_run(cluster: Any, namespace: str) -> None:
+    out = dry_run(cluster, template_text(values_for(namespace), namespace=namespace, crds=True))
+    for created in (
+        "customresourcedefinition.apiextensions.k8s.io/modeldeployments.modelship.io",
+        "serviceaccount/modelship-operator",
+        "clusterrole.rbac.authorization.k8s.io/modelship-operator",
+        "clusterrolebinding.rbac.authorization.k8s.io/modelship-operator",
+        "deployment.apps/modelship-operator",
+        "service/modelship-operator-metrics",
+        "persistentvolumeclaim/modelship-artifacts",
+    ):
+        assert created in out, out
+
+
+def test_s3_chart_passes_a_server_side_dry_run(cluster: Any, namespace: str) -> None:
+    values = {"store": {"s3": {"bucket": "models", "endpoint": "http://minio:9000"}}}
+    out = dry_run(cluster, template_text(values, namespace=namespace))
+    assert "deployment.apps/modelship-operator" in out
+    assert "persistentvolumeclaim" not in out
+
+
+def test_installed_rbac_grants_what_rbac_py_declares(cluster: Any, namespace: str) -> None:
+    release = f"ms-{uuid.uuid4().hex[:8]}"  # cluster-scoped names stay unique per test
+    manifest = template_text(values_for(namespace, fullnameOverride=release), namespace=namespace)
+    cluster.kubectl("apply", "-f", "-", input=manifest)
+    try:
+        account = f"system:serviceaccount:{namespace}:{release}-operator"
+
+        def can(verb: str, resource: str, where: str = namespace) -> bool:
+            kind, _, subresource = resource.partition("/")
+            args = ["auth", "can-i", verb, kind, f"--as={account}", "-n", where]
+            if subresource:
+                args.append(f"--subresource={subresource}")
+            return str(cluster.kubectl(*args, check=False).stdout).strip() == "yes"
+
+        for rule in rbac.RULES:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    plural, slash, subresource = resource.partition("/")
+                    kind = f"{plural}.{group}{slash}{subresource}" if group else resource
+                    for verb in rule["verbs"]:
+                        assert can(verb, kind), f"{account} cannot {verb} {kind}"
+                        assert can(verb, kind, "elsewhere"), f"{verb} {kind} is not cluster-wide"
+        assert not can("delete", "deployments.apps")
+        assert not can("update", "modeldeployments.modelship.io")
+        assert not can("get", "secrets")
+    finally:
+        cluster.kubectl("delete", "-f", "-", "--wait=false", input=manifest, check=False)
