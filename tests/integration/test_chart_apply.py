@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from chart_helpers import template_text
+from chart_helpers import CHART, helm, template_text
 from modelship import rbac
 
 pytestmark = pytest.mark.integration
@@ -76,3 +76,24 @@ def test_installed_rbac_grants_what_rbac_py_declares(cluster: Any, namespace: st
         assert not can("get", "secrets")
     finally:
         cluster.kubectl("delete", "-f", "-", "--wait=false", input=manifest, check=False)
+
+
+def test_notes_tell_what_to_do_next(cluster: Any, namespace: str) -> None:
+    result = helm(
+        "install",
+        "modelship",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--dry-run=client",
+        f"--kubeconfig={cluster.kubeconfig}",
+        values=values_for(namespace, watchNamespaces=["ml"]),
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "watches ModelDeployments in ml." in notes
+    assert f"kubectl -n {namespace} rollout status deployment/modelship-operator" in notes
+    assert f"created (and kept on uninstall) in: {namespace}." in notes
+    assert "kubectl apply -f examples/minilm.yaml" in notes
+    assert "kubectl get mdep" in notes
+    assert "service/modelship-operator-metrics, port 9095" in notes
