@@ -46,6 +46,7 @@ def helm(*args: str, values: dict[str, Any] | None = None) -> subprocess.Complet
         "HELM_CACHE_HOME": f"{home}/cache",
         "HELM_CONFIG_HOME": f"{home}/config",
         "HELM_DATA_HOME": f"{home}/data",
+        "HOME": home,  # helm's Kubernetes client caches discovery in ~/.kube
         "PATH": "/usr/bin:/bin",
     }
     with tempfile.NamedTemporaryFile("w", suffix=".json") as extra:
