@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -36,7 +38,9 @@ def helm_binary() -> str:
 @functools.cache
 def _helm_home() -> str:
     # helm keeps repositories and plugins under these; tests need neither, so keep them private.
-    return tempfile.mkdtemp(prefix="modelship-helm-")
+    home = tempfile.mkdtemp(prefix="modelship-helm-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return home
 
 
 def helm(*args: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
