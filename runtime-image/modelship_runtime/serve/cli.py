@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from modelship_runtime.serve.settings import ServeSettings
+
+# Before numpy loads: its BLAS pool would spin up a thread per core that competes with
+# onnxruntime's own pool and the event loop (the server does no large linear algebra itself).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 _BOOLEAN = {"download_only", "grpc_enabled", "allow_spinning"}
 
