@@ -377,7 +377,10 @@ def test_digest_already_in_the_store_creates_no_job(
     dep = wait_for(lambda: kube.get(kube.apps.read_namespaced_deployment, "cached"), "Deployment")
     assert dep.spec.template.metadata.annotations["modelship.io/artifact-digest"] == digest
     assert kube.jobs() == []
-    assert kube.condition("cached", "ArtifactReady")["status"] == "True"
+    wait_for(  # the status is written after the children, in the same reconcile
+        lambda: kube.condition("cached", "ArtifactReady").get("status") == "True",
+        "ArtifactReady",
+    )
 
 
 def test_two_model_deployments_of_one_model_share_one_job(
