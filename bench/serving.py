@@ -214,7 +214,10 @@ class OnnxModel(MLModel):
 """
 
 KSERVE_SERVER = """
+import logging
 import sys
+import uuid
+
 import kserve
 import onnxruntime as ort
 from kserve import InferOutput, InferRequest, InferResponse
@@ -241,12 +244,16 @@ class OnnxModel(kserve.Model):
             out = InferOutput(name=name, shape=list(array.shape), datatype="FP32")
             out.set_data_from_numpy(array, binary_data=False)
             outputs.append(out)
-        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=payload.id)
+        return InferResponse(model_name=self.name, infer_outputs=outputs,
+                             response_id=payload.id or uuid.uuid4().hex)
 
 
 if __name__ == "__main__":
+    # Per-request access and latency logs off: ours logs none either.
+    logging.getLogger("uvicorn.access").addFilter(lambda record: False)
     kserve.ModelServer(http_port=int(sys.argv[2]), grpc_port=int(sys.argv[3]), workers=1,
-                       enable_grpc=False).start([OnnxModel("model", sys.argv[1])])
+                       enable_grpc=False, enable_latency_logging=False,
+                       ).start([OnnxModel("model", sys.argv[1])])
 """
 
 

@@ -118,3 +118,25 @@ def embedding(path: Path, vocab: int = 100, width: int = 4) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def slow(directory: Path, layers: int = 60, width: int = 1024) -> Path:
+    """A deliberately slow model (a deep tanh MLP, one shared weight): x FP32 [batch, width]."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weight = np.random.default_rng(0).normal(0, width**-0.5, (width, width)).astype(np.float32)
+    nodes, current = [], "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [current, "w"], [f"m{i}"]))
+        current = "y" if i == layers - 1 else f"t{i}"
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [current]))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(directory / "model.onnx"))
+    return directory

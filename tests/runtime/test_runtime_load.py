@@ -160,26 +160,30 @@ def test_fuzzed_binary_bodies_never_get_5xx(
     assert infer(server.rest, np.zeros((1, 64), np.float32)).status_code == 200
 
 
-def test_sigterm_under_load_loses_no_request(mlp_artifact: Path, start_server: Any) -> None:
+def test_sigterm_under_load_loses_no_request(tmp_path: Path, start_server: Any) -> None:
     """Requests in flight at SIGTERM all succeed; readiness turns false; the process exits 0."""
     srv: ServerProcess = start_server(
-        mlp_artifact, "--max-batch-size", "64", "--max-delay-ms", "1000",
-        "--drain-delay-s", "1", "--grace-period-s", "20",
-    )  # fmt: skip
-    x = np.ones((1, 64), np.float32)
-    in_flight = 16
-    with ThreadPoolExecutor(in_flight + 1) as pool:
-        futures = [pool.submit(infer, srv.rest, x) for _ in range(in_flight)]
-        deadline = time.monotonic() + 20
-        while srv.metric("modelship_requests_in_flight") < in_flight:
+        modelfactory.slow(tmp_path / "slow"), "--drain-delay-s", "1", "--grace-period-s", "60"
+    )
+    x = np.ones((16, 1024), np.float32).tolist()
+    body = {"inputs": [{"name": "x", "shape": [16, 1024], "datatype": "FP32", "data": x}]}
+
+    def call() -> httpx.Response:
+        return _client.post(f"{srv.rest}/v2/models/model/infer", json=body)
+
+    clients = 16
+    with ThreadPoolExecutor(clients + 1) as pool:
+        futures = [pool.submit(call) for _ in range(clients)]
+        deadline = time.monotonic() + 30
+        while srv.metric("modelship_requests_in_flight") < clients // 2:
             assert time.monotonic() < deadline, "requests never reached the server"
         srv.proc.send_signal(signal.SIGTERM)
         while httpx.get(f"{srv.rest}/v2/health/ready", timeout=5).status_code != 503:
             assert time.monotonic() < deadline, "readiness never turned false"
-        late = pool.submit(infer, srv.rest, x)  # during the drain delay: still served
+        late = pool.submit(call)  # during the drain delay: still served
         results = [f.result() for f in futures]
         assert late.result().status_code == 200
-    assert [r.status_code for r in results] == [200] * in_flight
-    assert srv.proc.wait(timeout=25) == 0
+    assert [r.status_code for r in results] == [200] * clients
+    assert srv.proc.wait(timeout=60) == 0
     log = srv.log.read_text()
     assert "stopped: 0 request(s) still in flight" in log

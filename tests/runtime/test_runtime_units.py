@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import modelfactory
@@ -138,3 +139,21 @@ def test_batcher_merges_and_isolates_a_bad_request(tmp_path: Path) -> None:
         ids = [[i, i + 1, i + 2]] if i != 5 else [[1, 2, 3], [4, 5, 6]]
         alone = model.predict({"ids": np.array(ids, dtype=np.int64)})
         np.testing.assert_array_equal(result[0], alone[0])
+
+
+def test_batcher_does_not_make_a_lone_request_wait(tmp_path: Path) -> None:
+    """At concurrency 1 nobody can join the batch, so max_delay (here 1 s) must not be spent."""
+    model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
+
+    async def run() -> float:
+        batcher = BatchingPredictor(model, max_batch_size=16, max_delay_ms=1000)
+        batcher.start()
+        try:
+            start = time.perf_counter()
+            for _ in range(3):
+                await batcher.predict({"ids": np.ones((1, 3), dtype=np.int64)}, None)
+            return time.perf_counter() - start
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(run()) < 1.0

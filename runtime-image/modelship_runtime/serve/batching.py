@@ -5,6 +5,10 @@ the batch is full or the oldest request's deadline (enqueue time + max delay) pa
 done with ``asyncio.timeout`` on the queue, never by polling. Because the deadline counts from
 enqueue time, requests that piled up while the previous batch ran are dispatched at once.
 
+The batcher only waits when waiting can pay off: when more requests are active than the batch
+holds, or when recent batches merged several requests. A lone client (concurrency 1) is never
+made to wait ``max_delay`` for company that is not coming.
+
 Only requests whose inputs agree beyond the batch dimension are merged. Results are split back
 by row offsets. If a merged call fails, every request in it is retried alone, so one bad request
 fails only itself.
@@ -59,6 +63,8 @@ class BatchingPredictor:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ort-batch")
         self._task: asyncio.Task[None] | None = None
         self._output_index = {name: i for i, name in enumerate(model.output_names)}
+        self._active = 0
+        self._recent_requests_per_batch = 1.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
@@ -73,7 +79,11 @@ class BatchingPredictor:
             key = tuple((name, a.shape[1:], a.dtype.str) for name, a in feeds.items())
             future: asyncio.Future[Outputs] = loop.create_future()
             self._queue.put_nowait(_Pending(feeds, rows, key, future, loop.time()))
-            outputs = await future
+            self._active += 1
+            try:
+                outputs = await future
+            finally:
+                self._active -= 1
         if not output_names:
             return outputs
         return [outputs[self._output_index[name]] for name in output_names]
@@ -92,7 +102,7 @@ class BatchingPredictor:
                     item = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     remaining = deadline - loop.time()
-                    if remaining <= 0:
+                    if remaining <= 0 or not self._worth_waiting(len(batch)):
                         break
                     try:
                         async with asyncio.timeout(remaining):
@@ -104,12 +114,16 @@ class BatchingPredictor:
                     break
                 batch.append(item)
                 rows += item.rows
+            self._recent_requests_per_batch += 0.2 * (len(batch) - self._recent_requests_per_batch)
             try:
                 await self._execute(batch, rows)
             except Exception as exc:  # a bug here must not leave requests waiting forever
                 log.exception("batch execution failed")
                 for pending in batch:
                     _fail(pending, exc)
+
+    def _worth_waiting(self, batched: int) -> bool:
+        return self._active > batched or self._recent_requests_per_batch >= 1.5
 
     async def _execute(self, batch: list[_Pending], rows: int) -> None:
         loop = asyncio.get_running_loop()
