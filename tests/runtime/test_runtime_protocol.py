@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import httpx
 import modelfactory
@@ -412,3 +415,54 @@ def test_metrics_after_traffic(server: ServerProcess) -> None:
         for line in text.splitlines()
         if line.startswith("modelship_requests_total{")
     }, "no request may end in a 5xx"
+
+
+# --- HTTP transport edge cases (the built-in server) ----------------------------------------
+
+
+def raw_exchange(server: ServerProcess, payload: bytes, until: bytes = b"}") -> bytes:
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+        sock.sendall(payload)
+        data = b""
+        while not data.endswith(until):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_http_pipelining_chunked_and_expect_continue(server: ServerProcess) -> None:
+    body = json.dumps(infer_body()).encode()
+    request = (
+        b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    health = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = raw_exchange(server, request + health + request, until=b"}]}")
+    assert answer.count(b"HTTP/1.1 200 OK") == 3
+    assert answer.index(b'{"live":true}') < answer.rindex(b'"model_name"')
+    chunked = (
+        b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+        + f"{len(body[:100]):x}\r\n".encode() + body[:100] + b"\r\n"
+        + f"{len(body[100:]):x}\r\n".encode() + body[100:] + b"\r\n0\r\n\r\n"
+    )  # fmt: skip
+    answer = raw_exchange(server, chunked, until=b"}]}")
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+
+
+def test_http_malformed_request_gets_400(server: ServerProcess) -> None:
+    answer = raw_exchange(server, b"NOT HTTP AT ALL\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request")
+    assert httpx.get(server.rest + "/v2/health/live").status_code == 200
+
+
+def test_uvicorn_transport_serves_the_same_protocol(mlp_artifact: Path, start_server: Any) -> None:
+    srv: ServerProcess = start_server(mlp_artifact, "--http-server", "uvicorn")
+    response = httpx.post(srv.rest + "/v2/models/model/versions/1/infer", json=infer_body())
+    assert response.status_code == 200
+    assert response.json()["outputs"][1]["data"] == EXPECTED["label"].tolist()
+    bad = httpx.post(srv.rest + "/v2/models/model/infer", json=infer_body(name="pixels"))
+    assert bad.status_code == 400
+    assert "unknown input 'pixels'" in bad.json()["error"]

@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import uvicorn
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
@@ -23,6 +24,7 @@ from modelship_runtime.serve.batching import BatchingPredictor
 from modelship_runtime.serve.cpu import default_threads
 from modelship_runtime.serve.dataplane import DataPlane, ServedModel
 from modelship_runtime.serve.grpc_server import create_server
+from modelship_runtime.serve.http_server import HttpServer
 from modelship_runtime.serve.metrics import (
     DriftCollector,
     DriftMonitor,
@@ -61,12 +63,55 @@ def model_file(model_dir: Path, manifest: Manifest | None) -> Path:
     return path
 
 
+class _Listener(Protocol):
+    async def start(self, host: str, port: int) -> None: ...
+    async def stop(self, timeout: float) -> None: ...
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: the lifecycle below owns SIGTERM/SIGINT."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class _UvicornListener:
+    """The REST app under uvicorn (``--http-server uvicorn``), as a start/stop listener."""
+
+    def __init__(self, app: RestApp, settings: ServeSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self._server: _Uvicorn | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            self.app,
+            host=host,
+            port=port,
+            loop="none",
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            log_level="warning",
+            timeout_graceful_shutdown=max(int(self.settings.grace_period_s), 1),
+            backlog=4096,
+        )
+        self._server = _Uvicorn(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(), name="rest")
+        while not self._server.started and not self._task.done():
+            await asyncio.sleep(0.01)  # uvicorn exposes no started event
+
+    async def stop(self, timeout: float) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._task, timeout)
 
 
 async def serve(settings: ServeSettings) -> int:
@@ -115,24 +160,11 @@ async def serve(settings: ServeSettings) -> int:
     metrics_server, metrics_thread = start_http_server(
         settings.metrics_port, settings.host, registry=registry
     )
-    rest = _Uvicorn(
-        uvicorn.Config(
-            RestApp(plane, metrics, settings.max_request_bytes),
-            host=settings.host,
-            port=settings.rest_port,
-            loop="none",
-            http="httptools",
-            ws="none",
-            lifespan="off",
-            access_log=False,
-            server_header=False,
-            date_header=False,
-            log_level="warning",
-            timeout_graceful_shutdown=max(int(settings.grace_period_s), 1),
-            backlog=4096,
-        )
+    app = RestApp(plane, metrics, settings.max_request_bytes)
+    rest: _Listener = (
+        _UvicornListener(app, settings) if settings.http_server == "uvicorn" else HttpServer(app)
     )
-    rest_task = loop.create_task(rest.serve(), name="rest")
+    await rest.start(settings.host, settings.rest_port)
     grpc_server = None
     if settings.grpc_enabled:
         grpc_server = create_server(plane, metrics, settings.max_request_bytes)
@@ -163,7 +195,7 @@ async def serve(settings: ServeSettings) -> int:
         await stop.wait()
         stopping.cancel()
     finally:
-        await _drain(settings, plane, rest, rest_task, grpc_server)
+        await _drain(settings, plane, rest, grpc_server)
         await predictor.close()
         metrics_server.shutdown()
         metrics_thread.join(timeout=5)
@@ -173,8 +205,7 @@ async def serve(settings: ServeSettings) -> int:
 async def _drain(
     settings: ServeSettings,
     plane: DataPlane,
-    rest: uvicorn.Server,
-    rest_task: asyncio.Task[None],
+    rest: _Listener,
     grpc_server: object | None,
 ) -> None:
     deadline = time.monotonic() + settings.grace_period_s
@@ -185,9 +216,7 @@ async def _drain(
         await asyncio.sleep(delay)  # load balancers need time to notice readiness is false
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(plane.wait_idle(), max(deadline - time.monotonic(), 0))
-    rest.should_exit = True
     if grpc_server is not None:
         await grpc_server.stop(max(deadline - time.monotonic(), 0))  # type: ignore[attr-defined]
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(rest_task, max(deadline - time.monotonic(), 0) + 1)
+    await rest.stop(max(deadline - time.monotonic(), 0) + 1)
     log.info("stopped: %d request(s) still in flight", plane.in_flight)

@@ -8,7 +8,7 @@ Supports JSON tensors and the binary tensor data extension (``Inference-Header-C
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import orjson
@@ -27,6 +27,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Headers = Iterable[tuple[bytes, bytes]]
+BodyReader = Callable[[int], Awaitable[bytes]]
+"""Reads the whole request body, raising 413 once it exceeds the given limit."""
 
 JSON = b"application/json"
 OCTET = b"application/octet-stream"
@@ -65,17 +68,27 @@ class RestApp:
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
 
+    async def handle(
+        self, method: str, path: str, headers: Headers, read_body: BodyReader
+    ) -> Reply:
+        """Answer one request; the transport-neutral entry point (ASGI or :mod:`.http_server`)."""
+        parts = path.strip("/").split("/")
+        if len(parts) >= 4 and parts[0] == "v2" and parts[1] == "models" and parts[-1] == "infer":
+            return await self._infer_route(headers, read_body, parts, method)
+        return self._get_route(parts, method)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point, for running under uvicorn (``--http-server uvicorn``)."""
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await _lifespan(receive, send)
             return
-        parts = scope["path"].strip("/").split("/")
-        method = scope["method"]
-        if len(parts) >= 4 and parts[0] == "v2" and parts[1] == "models" and parts[-1] == "infer":
-            reply = await self._infer_route(scope, receive, parts, method)
-        else:
-            reply = self._get_route(parts, method)
+        reply = await self.handle(
+            scope["method"],
+            scope["path"],
+            scope["headers"],
+            lambda limit: _read_body(receive, limit),
+        )
         headers = [(b"content-type", reply.content_type)]
         if reply.extra:
             headers.extend(reply.extra)
@@ -111,7 +124,7 @@ class RestApp:
     # --- inference -------------------------------------------------------------------------
 
     async def _infer_route(
-        self, scope: Scope, receive: Receive, parts: list[str], method: str
+        self, headers: Headers, read_body: BodyReader, parts: list[str], method: str
     ) -> Reply:
         metrics = self.metrics
         started = time.perf_counter()
@@ -124,7 +137,7 @@ class RestApp:
             elif method != "POST":
                 reply = Reply(405, orjson.dumps({"error": "use POST for .../infer"}))
             else:
-                response = await self._infer(scope, receive, name, version)
+                response = await self._infer(headers, read_body, name, version)
                 reply = _encode(response)
         except InferenceError as exc:
             reply = error_reply(exc.kind, exc.message)
@@ -135,11 +148,11 @@ class RestApp:
         return reply
 
     async def _infer(
-        self, scope: Scope, receive: Receive, name: str, version: str | None
+        self, headers: Headers, read_body: BodyReader, name: str, version: str | None
     ) -> InferResponse:
         header_length: int | None = None
         declared: int | None = None
-        for key, value in scope["headers"]:
+        for key, value in headers:
             if key == b"content-length":
                 declared = _int_header(value, "Content-Length")
             elif key == HEADER_LENGTH:
@@ -152,8 +165,8 @@ class RestApp:
                 )
         limit = self.max_request_bytes
         if declared is not None and declared > limit:
-            raise _too_large(declared, limit)
-        body = await _read_body(receive, limit)
+            raise too_large(declared, limit)
+        body = await read_body(limit)
         if header_length is None:
             header_length = len(body)
         elif header_length > len(body):
@@ -199,7 +212,7 @@ def _int_header(value: bytes, name: str) -> int:
     return number
 
 
-def _too_large(size: int, limit: int) -> InferenceError:
+def too_large(size: int, limit: int) -> InferenceError:
     return InferenceError(
         ErrorKind.TOO_LARGE,
         f"request body of {size} bytes exceeds the limit of {limit} bytes; send smaller "
@@ -212,7 +225,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
-            raise _too_large(len(body), limit)
+            raise too_large(len(body), limit)
         return body
     chunks = [body]
     size = len(body)
@@ -220,7 +233,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         if message["type"] == "http.disconnect":
             raise invalid("the client disconnected before sending the whole body")
         if size > limit:
-            raise _too_large(size, limit)
+            raise too_large(size, limit)
         if not message.get("more_body", False):
             return b"".join(chunks)
         message = await receive()

@@ -36,6 +36,10 @@ class ServeSettings(BaseSettings):
     )
 
     host: str = "0.0.0.0"
+    http_server: Literal["builtin", "uvicorn"] = Field(
+        default="builtin",
+        description="REST transport: the lean built-in HTTP/1.1 server, or uvicorn (fallback).",
+    )
     rest_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=8081, ge=0, le=65535)
     grpc_enabled: bool = True
