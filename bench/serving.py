@@ -21,6 +21,7 @@ ours and with each other:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -267,7 +268,7 @@ class Server:
 
 def ours(batching: bool) -> Callable[[Path, int, Path], subprocess.Popen[bytes]]:
     def start(model: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
-        model_dir = work / "ours"
+        model_dir = work / f"ours-{hashlib.sha256(str(model).encode()).hexdigest()[:8]}"
         model_dir.mkdir(exist_ok=True)
         link = model_dir / "model.onnx"
         if not link.exists():
@@ -459,6 +460,8 @@ def measure(server: Server, case: Case, work: Path, seconds: float) -> dict[int,
             run_wrk(port, lua, concurrency, 1)  # warm connections, caches, batcher
             before = tree_cpu_seconds(proc.pid)
             figures = run_wrk(port, lua, concurrency, seconds)
+            if figures["errors"]:
+                raise RuntimeError(f"{server.name} answered {figures['errors']:.0f} errors")
             figures["cpu_s_per_req"] = (tree_cpu_seconds(proc.pid) - before) / max(
                 figures.get("requests", 1), 1
             )
