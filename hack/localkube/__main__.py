@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("down", help="stop every process and remove the cluster directory")
     sub.add_parser("status", help="say whether a cluster runs in --dir")
+    load = sub.add_parser("load-image", help="copy Docker images into the node's containerd")
+    load.add_argument("images", nargs="+", help="image references known to `docker images`")
     args = parser.parse_args(argv)
 
     if args.command == "build":
@@ -46,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "down":
         Cluster(args.dir).destroy()
         log(f"removed {args.dir}")
+        return 0
+    if args.command == "load-image":
+        cluster = Cluster.attach(args.dir)
+        for image in args.images:
+            cluster.load_docker_image(image)
         return 0
     if (args.dir / STATE_FILE).exists():
         state = ClusterState.load(args.dir)

@@ -184,6 +184,8 @@ def metrics_server(image: str) -> list[dict[str, Any]]:
                 "--cert-dir=/tmp",
                 "--secure-port=10250",
                 "--kubelet-preferred-address-types=InternalIP",
+                # The kubelet listens on a port picked free at start, published in node status.
+                "--kubelet-use-node-status-port",
                 # The kubelet's serving certificate comes from the cluster CA, but metrics-server
                 # would need that CA mounted; on a single local node skipping it costs nothing.
                 "--kubelet-insecure-tls",

@@ -26,7 +26,6 @@ from pathlib import Path
 from localkube import addons, binaries, node
 from localkube.pki import ClusterPKI, KeyPair, create_pki
 
-SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATE_FILE = "state.json"
 _STOP_GRACE_S = 15.0
@@ -185,11 +184,15 @@ class Cluster:
             etcd_peer_port=free_port(),
             apiserver_port=free_port(),
             controller_manager_port=free_port(),
+            node=self.with_node,
         )
+        if self.with_node:
+            node.prepare_host()
         pki = create_pki(
             self.pki_dir,
             server_names=(
                 "127.0.0.1",
+                node.NODE_IP,
                 "localhost",
                 "kubernetes",
                 "kubernetes.default",
@@ -258,6 +261,9 @@ class Cluster:
     def destroy(self) -> None:
         """Stop, then remove the cluster's directory (data, certificates, logs)."""
         self.stop()
+        if node.host_is_dirty():
+            # A node whose state file is gone (a crashed `up`) still left host plumbing behind.
+            node.clean_host(binaries.cached("kube-proxy"))
         node.remove_tree(self.directory)
 
     # --- helpers ----------------------------------------------------------------------------
@@ -277,6 +283,41 @@ class Cluster:
         if check and result.returncode != 0:
             raise KubectlError(args, result.returncode, result.stderr)
         return result
+
+    def load_docker_image(self, image: str) -> None:
+        """Import an image from the local Docker daemon into the node (skipped when present)."""
+        if self.state is None or not self.state.node:
+            raise RuntimeError("images need the node tier: run `make cluster-up` (TIER=node)")
+        images = node.Images(node.NodeFiles(self.directory).socket)
+        image_id = subprocess.run(
+            ["docker", "image", "inspect", "-f", "{{.Id}}", image],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        name = image if "/" in image.split(":")[0] else f"docker.io/library/{image}"
+        label = "modelship.io/docker-id"
+        same = images.ctr("images", "list", "-q", f'name=={name},labels."{label}"=={image_id}')
+        if same.stdout.strip():
+            log(f"{image} already on the node")
+            return
+        started = time.monotonic()
+        log(f"loading {image} into the node's containerd")
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        assert save.stdout is not None
+        node.run(
+            "ctr",
+            f"--address={images.socket}",
+            "--namespace=k8s.io",
+            "images",
+            "import",
+            "-",
+            stdin=save.stdout,
+        )
+        if save.wait() != 0:
+            raise RuntimeError(f"docker save {image} failed")
+        images.ctr("images", "label", name, f"{label}={image_id}")
+        log(f"loaded {image} in {time.monotonic() - started:.1f}s")
 
     def _spawn(self, name: str, args: Sequence[str], program: Sequence[str] = ()) -> None:
         assert self.state is not None
@@ -417,7 +458,7 @@ class Cluster:
                 f"--root={files.storage_dir}",
                 f"--node={node.NODE_NAME}",
             ],
-            program=[sys.executable, "-m", "localkube.provisioner"],
+            program=[sys.executable, str(Path(__file__).with_name("provisioner.py"))],
         )
         self.state.save()
         self._wait_kubectl(
@@ -503,7 +544,7 @@ class Cluster:
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={pki.service_account.cert}",
             f"--service-account-signing-key-file={pki.service_account.key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={node.SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
             # Loopback cannot back the `kubernetes` Service; without a node no pod needs it.

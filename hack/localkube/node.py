@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 from localkube import oci
 from localkube.pki import ClusterPKI, KeyPair, issue_client
@@ -22,6 +23,7 @@ NODE_NAME = "modelship-node"
 BRIDGE = "mship0"
 POD_CIDR = "10.244.0.0/24"
 NODE_IP = "10.244.0.1"
+SERVICE_CIDR = "10.96.0.0/16"
 CLUSTER_DNS = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
@@ -33,9 +35,12 @@ HERE = Path(__file__).parent
 
 
 def run(
-    *args: str, check: bool = True, input: bytes | None = None
+    *args: str, check: bool = True, input: bytes | None = None, stdin: IO[bytes] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    result = subprocess.run(list(args), capture_output=True, input=input, check=False)
+    if stdin is not None:
+        result = subprocess.run(list(args), capture_output=True, stdin=stdin, check=False)
+    else:
+        result = subprocess.run(list(args), capture_output=True, input=input, check=False)
     if check and result.returncode != 0:
         raise RuntimeError(
             f"{' '.join(args)} exited {result.returncode}: {result.stderr.decode(errors='replace')}"
@@ -49,6 +54,10 @@ def prepare_host() -> None:
         run("ip", "link", "add", BRIDGE, "type", "bridge")
     run("ip", "addr", "replace", f"{NODE_IP}/24", "dev", BRIDGE)
     run("ip", "link", "set", BRIDGE, "up")
+    # Service IPs must never leave this machine: until kube-proxy has a rule for a new Service,
+    # traffic to its ClusterIP would follow the default route out of the machine. Routing the
+    # whole Service range onto the bridge keeps such packets local (they find nobody and fail).
+    run("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE)
     for key, value in (
         ("net/ipv4/ip_forward", "1"),
         ("net/bridge/bridge-nf-call-iptables", "1"),
@@ -85,6 +94,9 @@ state = "{self.containerd_dir / "state"}"
 [{cri}]
   sandbox_image = "{PAUSE_IMAGE}"
   enable_unprivileged_ports = true
+  # This machine withholds CAP_SYS_RESOURCE, so negative oom_score_adj values (the kubelet asks
+  # -998 for sandboxes) fail with EACCES; clamp them to containerd's own score instead.
+  restrict_oom_score_adj = true
 
 [{cri}.containerd]
   snapshotter = "overlayfs"
@@ -95,6 +107,7 @@ state = "{self.containerd_dir / "state"}"
 
 [{cri}.containerd.runtimes.runc.options]
   SystemdCgroup = false
+  BinaryName = "{os.environ.get("LOCALKUBE_RUNC", "runc")}"
 
 [{cri}.cni]
   bin_dir = "/usr/lib/cni"
@@ -304,11 +317,11 @@ class Images:
 
 
 def coredns_image(binary: Path) -> str:
-    return f"localkube/coredns:{binary.name.rsplit('-', 1)[-1]}"
+    return f"modelship.local/coredns:{binary.name.rsplit('-', 1)[-1]}"
 
 
 def metrics_server_image(binary: Path) -> str:
-    return f"localkube/metrics-server:{binary.name.rsplit('-', 1)[-1]}"
+    return f"modelship.local/metrics-server:{binary.name.rsplit('-', 1)[-1]}"
 
 
 # --- teardown ---------------------------------------------------------------------------------
@@ -347,6 +360,12 @@ def clean_host(kube_proxy: Path | None) -> None:
         run("ip", "link", "delete", BRIDGE, check=False)
     for netns in Path("/var/run/netns").glob("cni-*") if Path("/var/run/netns").exists() else []:
         run("ip", "netns", "delete", netns.name, check=False)
+    # Forget connections to Service IPs, or a reused IP would find the old translation.
+    run("conntrack", "-D", "-d", SERVICE_CIDR, check=False)
+
+
+def host_is_dirty() -> bool:
+    return Path(f"/sys/class/net/{BRIDGE}").exists()
 
 
 def remove_tree(path: Path) -> None:
