@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -342,17 +343,7 @@ def clean_host(kube_proxy: Path | None) -> None:
     """Remove what the node added to the machine: iptables chains, the bridge and its veths."""
     if kube_proxy is not None:
         run(str(kube_proxy), "--cleanup", check=False)
-    # The CNI bridge plugin adds masquerade chains named CNI-*; remove the ones for our subnet.
-    rules = run("iptables", "-t", "nat", "-S", "POSTROUTING", check=False).stdout.decode()
-    for rule in rules.splitlines():
-        if POD_CIDR in rule and "CNI-" in rule and rule.startswith("-A "):
-            run("iptables", "-t", "nat", *("-D " + rule[3:]).split(), check=False)
-    chains = run("iptables", "-t", "nat", "-S", check=False).stdout.decode()
-    for line in chains.splitlines():
-        if line.startswith("-N CNI-"):
-            chain = line.split()[1]
-            run("iptables", "-t", "nat", "-F", chain, check=False)
-            run("iptables", "-t", "nat", "-X", chain, check=False)
+    _remove_chains(("KUBE-", "CNI-"))
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         # Deleting the bridge alone leaves the host ends of veths; remove those first.
         for iface in Path(f"/sys/class/net/{BRIDGE}/brif").iterdir():
@@ -362,6 +353,26 @@ def clean_host(kube_proxy: Path | None) -> None:
         run("ip", "netns", "delete", netns.name, check=False)
     # Forget connections to Service IPs, or a reused IP would find the old translation.
     run("conntrack", "-D", "-d", SERVICE_CIDR, check=False)
+
+
+def _remove_chains(prefixes: tuple[str, ...]) -> None:
+    """Delete iptables chains with these prefixes (kubelet's, kube-proxy's, the CNI plugin's)
+    and the rules in built-in chains that jump to them."""
+    for table in ("filter", "nat", "mangle"):
+        rules = run("iptables", "-t", table, "-S", check=False).stdout.decode().splitlines()
+        chains = [
+            r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(prefixes)
+        ]
+        for rule in rules:
+            words = shlex.split(rule)
+            if words[:1] == ["-A"] and not words[1].startswith(prefixes):
+                target = words[words.index("-j") + 1] if "-j" in words else ""
+                if target.startswith(prefixes):
+                    run("iptables", "-t", table, "-D", *words[1:], check=False)
+        for chain in chains:
+            run("iptables", "-t", table, "-F", chain, check=False)
+        for chain in chains:
+            run("iptables", "-t", table, "-X", chain, check=False)
 
 
 def host_is_dirty() -> bool:
