@@ -231,16 +231,18 @@ def _artifact_volume(
             "image": settings.runtime_image,
             "imagePullPolicy": settings.image_pull_policy,
             "command": ["python", "-m", "modelship_runtime"],
+            # The runtime's storage-initializer mode: download, verify, exit.
             "args": [
-                "fetch",
-                "--uri",
-                artifact.uri,
-                "--digest",
+                "serve",
+                "--download-only",
+                "--artifact-uri",
+                settings.artifact_store().uri,
+                "--artifact-digest",
                 artifact.digest,
-                "--dest",
+                "--model-dir",
                 MODEL_DIR,
             ],
-            "env": _secret_env(settings.store_s3_secret),
+            "env": _secret_env(settings.store_s3_secret) + _s3_location_env(settings),
             "securityContext": _container_security(),
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
             "volumeMounts": [
@@ -270,6 +272,15 @@ def _artifact_volume(
     )
 
 
+def _s3_location_env(settings: Settings) -> list[dict[str, Any]]:
+    env = []
+    if settings.store_s3_endpoint:
+        env.append({"name": "MODELSHIP_ARTIFACT_S3_ENDPOINT", "value": settings.store_s3_endpoint})
+    if settings.store_s3_region:
+        env.append({"name": "MODELSHIP_ARTIFACT_S3_REGION", "value": settings.store_s3_region})
+    return env
+
+
 def _server_env(
     spec: ModelDeploymentSpec, owner: Owner, artifact: Artifact
 ) -> list[dict[str, Any]]:
@@ -277,7 +288,7 @@ def _server_env(
         {"name": "MODELSHIP_MODEL_NAME", "value": owner.name},
         {"name": "MODELSHIP_MODEL_DIR", "value": MODEL_DIR},
         {"name": "MODELSHIP_ARTIFACT_DIGEST", "value": artifact.digest},
-        {"name": "MODELSHIP_THREADS", "value": str(serving_threads(spec))},
+        {"name": "MODELSHIP_INTRA_OP_THREADS", "value": str(serving_threads(spec))},
         {"name": "MODELSHIP_REST_PORT", "value": str(REST_PORT)},
         {"name": "MODELSHIP_GRPC_PORT", "value": str(GRPC_PORT)},
         {"name": "MODELSHIP_METRICS_PORT", "value": str(METRICS_PORT)},

@@ -78,7 +78,18 @@ def test_s3_store_fetches_in_an_init_container(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MODELSHIP_STORE_S3_BUCKET", "arts")
     art = Artifact(ART.digest, f"s3://arts/artifacts/{HEX}")
     pod = desired.deployment(spec(), OWNER, art, "req", Settings())["spec"]["template"]["spec"]
-    assert pod["initContainers"][0]["args"][:3] == ["fetch", "--uri", art.uri]
+    init = pod["initContainers"][0]
+    assert init["args"][0] == "serve"
+    # The runtime's own parser must read the operator's arguments as a download-only run.
+    from modelship_runtime.serve.cli import parse_settings
+
+    env = {e["name"]: e["value"] for e in init["env"] if "value" in e}
+    monkeypatch.setattr("os.environ", {**env})
+    parsed = parse_settings(init["args"][1:])
+    assert parsed.download_only is True
+    assert parsed.artifact_uri == "s3://arts/artifacts"
+    assert parsed.artifact_digest == art.digest
+    assert str(parsed.model_dir) == desired.MODEL_DIR
     assert next(v for v in pod["volumes"] if v["name"] == "model") == {
         "name": "model",
         "emptyDir": {},
@@ -124,3 +135,13 @@ def test_hash_changes_only_for_the_object_whose_content_changed() -> None:
     b = desired.serving_objects(spec(scaling={"maxReplicas": 9}), OWNER, ART, "req", Settings())
     changed = {k for k in a if desired.applied_hash(a[k]) != desired.applied_hash(b[k])}
     assert changed == {"HorizontalPodAutoscaler"}
+
+
+def test_every_server_env_var_is_a_runtime_setting() -> None:
+    from modelship_runtime.serve.settings import ServeSettings
+
+    container = desired.deployment(
+        spec(serving={"batching": {"maxBatchSize": 8}}), OWNER, ART, "req", Settings()
+    )["spec"]["template"]["spec"]["containers"][0]
+    names = {e["name"].removeprefix("MODELSHIP_").lower() for e in container["env"]}
+    assert names <= set(ServeSettings.model_fields), names - set(ServeSettings.model_fields)
