@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help venv crds rbac test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
+.PHONY: help demo venv crds rbac test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,11 +43,16 @@ lint: venv  ## ruff, import-linter contracts
 	$(VENV)/bin/ruff check operator runtime-image hack tests bench
 	$(VENV)/bin/lint-imports
 
-cluster-build:  ## build (once, cached by version) etcd and the Kubernetes binaries
-	bash hack/build-k8s.sh etcd kube-apiserver kube-controller-manager kubectl
+cluster-build:  ## build (once, cached by version) etcd, Kubernetes, helm, CoreDNS, metrics-server
+	bash hack/build-k8s.sh etcd kube-apiserver kube-controller-manager kubectl \
+		kube-scheduler kubelet kube-proxy helm coredns metrics-server >/dev/null
 
-cluster-up: venv cluster-build  ## start the local control plane in .cache/cluster
-	$(PY) -m localkube up
+TIER ?= node
+cluster-up: venv cluster-build  ## start the local cluster in .cache/cluster (TIER=node|control-plane)
+	$(PY) -m localkube up --tier $(TIER)
+
+demo: venv cluster-build  ## the whole story on the local node: build, install, serve, infer
+	$(PY) hack/demo.py
 
 cluster-down: venv  ## stop the local control plane and remove its directory
 	$(PY) -m localkube down

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds a project image here, offline apart from PyPI on the host. Usage:
 #   hack/build-image.sh runtime [tag]      # default tag modelship-runtime:dev
+#   hack/build-image.sh operator [tag]     # default tag modelship-operator:dev
 # The base comes from hack/build-base-image.sh; wheels are downloaded on the host into the build
 # context (the container build cannot reach PyPI). The image is tagged with a hash of its inputs
 # too, so an unchanged tree is not rebuilt.
@@ -12,26 +13,27 @@ source "$here/docker-env.sh"
 
 what="${1:-}"
 case "$what" in
-  runtime) ;;
-  *) echo "usage: $0 runtime [tag]" >&2; exit 2 ;;
+  runtime) dockerfile="$root/runtime-image/Dockerfile" ;;
+  operator) dockerfile="$root/operator/Dockerfile" ;;
+  *) echo "usage: $0 runtime|operator [tag]" >&2; exit 2 ;;
 esac
-tag="${2:-modelship-runtime:dev}"
+tag="${2:-modelship-$what:dev}"
 python="${PYTHON:-$root/.venv/bin/python}"
 
 base="$("$here/build-base-image.sh")"
-context="$root/.cache/image-context/runtime"
+context="$root/.cache/image-context/$what"
 rm -rf "$context/wheels"
 mkdir -p "$context/wheels"
-cp "$root/runtime-image/Dockerfile" "$context/Dockerfile"
-echo "==> wheels for modelship[runtime] (pip wheel on the host, cached by pip)"
+cp "$dockerfile" "$context/Dockerfile"
+echo "==> wheels for modelship[$what] (pip wheel on the host, cached by pip)"
 "$python" -m pip wheel --quiet --no-cache-dir -w "$context/wheels" --no-deps "$root"
 "$python" -m pip wheel --quiet -w "$context/wheels" --only-binary=:all: \
-  "$(ls "$context"/wheels/modelship-*.whl)[runtime]"
+  "$(ls "$context"/wheels/modelship-*.whl)[$what]"
 echo "    $(ls "$context/wheels" | wc -l) wheels, $(du -sh "$context/wheels" | cut -f1)"
 
 key="$( (echo "$base"; cat "$context/Dockerfile"; cd "$context/wheels" && sha256sum ./*) \
   | sha256sum | cut -c1-12)"
-hashed="modelship-runtime:$key"
+hashed="modelship-$what:$key"
 if docker image inspect "$hashed" >/dev/null 2>&1; then
   echo "==> $hashed is cached"
 else
