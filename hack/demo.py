@@ -85,6 +85,8 @@ def main() -> int:
     stack.build_and_load_images(local)
     stack.helm_install(local, namespaces=["default"])
     stack.seed_model(local, "default", MINILM / "model.onnx", "all-MiniLM-L6-v2/model.onnx")
+    # 64 real sentences, tokenized: the builder validates variants (and calibrates) on them.
+    stack.seed_model(local, "default", MINILM / "reference.npz", "all-MiniLM-L6-v2/calibration.npz")
     local.kubectl("apply", "-n", "default", "-f", str(REPO_ROOT / "examples" / "minilm.yaml"))
     log("applied examples/minilm.yaml; waiting for Ready (the build Job optimizes the model first)")
     obj = stack.wait_for(local, "default", "minilm", stack.is_ready, "Ready", timeout_s=1200)

@@ -22,6 +22,8 @@ RELEASE = "modelship"
 OPERATOR_NAMESPACE = "modelship-system"
 MODELS_PVC = "modelship-models"
 STORE_PVC = "modelship-artifacts"
+E2E_NAMESPACE = "modelship-e2e"
+"""Where the e2e tier applies its ModelDeployments (the chart creates a store PVC there)."""
 BUILD_IMAGE_SCRIPT = binaries.REPO_ROOT / "hack" / "build-image.sh"
 CHART = binaries.REPO_ROOT / "charts" / "modelship"
 

@@ -1,0 +1,223 @@
+"""End to end on the local node: real build Job pods, real runtime pods, real Services and HPA.
+
+Each test applies ModelDeployments the way a user would and observes only what a user could:
+the ModelDeployment's status, Kubernetes objects, and answers from the Service.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from localkube import Cluster, stack
+
+pytestmark = pytest.mark.e2e
+
+NS = stack.E2E_NAMESPACE
+SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+
+
+def _mlp(path: Path, seed: int) -> Path:
+    """A small MLP with a dynamic batch dimension: x[N,16] -> relu -> y[N,4]."""
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.normal(size=(16, 32)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.normal(size=(32,)).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.normal(size=(32, 4)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Add", ["h", "b1"], ["hb"]),
+            helper.make_node("Relu", ["hb"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [w1, b1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _apply(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:
+    obj = {
+        "apiVersion": "modelship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+
+def _infer(url: str, model: str, x: np.ndarray) -> np.ndarray:
+    body = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
+        ]
+    }
+    request = urllib.request.Request(
+        f"{url}/v2/models/{model}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        out = json.loads(response.read())["outputs"][0]
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def _jobs(cluster: Cluster) -> list[str]:
+    out = cluster.kubectl("get", "jobs", "-n", NS, "-o", "name").stdout
+    return sorted(out.split())
+
+
+@pytest.fixture(scope="module")
+def mlp(modelship: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    path = _mlp(tmp_path_factory.mktemp("mlp") / "model.onnx", seed=7)
+    uri = stack.seed_model(modelship, NS, path, f"mlp-{uuid.uuid4().hex[:6]}/model.onnx")
+    return path, uri
+
+
+def _mlp_spec(uri: str, path: Path, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"uri": uri, "sha256": _sha256(path)},
+        "optimization": {"precision": "fp32"},
+        "serving": {"resources": SMALL, "grpc": True},
+        "scaling": {"minReplicas": 1, "maxReplicas": 2},
+        "rollout": {"strategy": "rolling"},
+    }
+    spec.update(extra)
+    return spec
+
+
+def test_build_serve_and_infer_equals_onnxruntime(
+    modelship: Cluster, mlp: tuple[Path, str]
+) -> None:
+    path, uri = mlp
+    _apply(modelship, "mlp", _mlp_spec(uri, path))
+    obj = stack.wait_for(modelship, NS, "mlp", stack.is_ready, "Ready", timeout_s=900)
+    assert obj["status"]["artifact"]["variant"] == "fp32"
+    assert len(_jobs(modelship)) == 1, "exactly one build Job"
+    x = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
+    served = _infer(stack.service_url(modelship, NS, "mlp"), "mlp", x)
+    local = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
+        0
+    ]
+    np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-5)
+
+
+def test_second_deployment_of_the_same_model_reuses_the_artifact(
+    modelship: Cluster, mlp: tuple[Path, str]
+) -> None:
+    path, uri = mlp
+    first = stack.wait_for(modelship, NS, "mlp", stack.is_ready, "Ready", timeout_s=900)
+    jobs_before = _jobs(modelship)
+    _apply(modelship, "mlp-twin", _mlp_spec(uri, path))
+    twin = stack.wait_for(modelship, NS, "mlp-twin", stack.is_ready, "Ready", timeout_s=300)
+    assert twin["status"]["artifact"]["digest"] == first["status"]["artifact"]["digest"]
+    assert _jobs(modelship) == jobs_before, "the twin must not build"
+    modelship.kubectl("delete", "mdep", "mlp-twin", "-n", NS, "--wait=true")
+
+
+def test_deleting_a_pod_under_load_loses_no_request(
+    modelship: Cluster, mlp: tuple[Path, str]
+) -> None:
+    path, uri = mlp
+    _apply(modelship, "mlp-ha", _mlp_spec(uri, path, scaling={"minReplicas": 2, "maxReplicas": 2}))
+    obj = stack.wait_for(
+        modelship,
+        NS,
+        "mlp-ha",
+        lambda o: stack.is_ready(o) and o["status"].get("readyReplicas") == 2,
+        "2 ready",
+        600,
+    )
+    assert obj["status"]["readyReplicas"] == 2
+    url = stack.service_url(modelship, NS, "mlp-ha")
+    x = np.ones((1, 16), dtype=np.float32)
+    expected = _infer(url, "mlp-ha", x)
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def client() -> None:
+        # Bounded: at most 2,000 requests or until told to stop.
+        for _ in range(2000):
+            if stop.is_set():
+                return
+            try:
+                got = _infer(url, "mlp-ha", x)
+                outcomes.append("ok" if np.allclose(got, expected) else "wrong")
+            except (urllib.error.URLError, OSError) as error:
+                outcomes.append(f"error: {error}")
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client) for _ in range(4)]
+        while len(outcomes) < 100:
+            time.sleep(0.05)
+        pods = modelship.kubectl(
+            "get", "pods", "-n", NS, "-l", "modelship.io/deployment=mlp-ha", "-o", "name"
+        ).stdout.split()
+        modelship.kubectl("delete", "-n", NS, pods[0], "--wait=true", timeout=120)
+        seen = len(outcomes)
+        while len(outcomes) < seen + 200:
+            time.sleep(0.05)
+        stop.set()
+        for f in futures:
+            f.result()
+    failures = [o for o in outcomes if o != "ok"]
+    assert len(outcomes) > 300
+    assert failures == [], f"{len(failures)} of {len(outcomes)} requests failed: {failures[:3]}"
+    modelship.kubectl("delete", "mdep", "mlp-ha", "-n", NS, "--wait=true")
+
+
+def test_corrupt_model_ends_degraded_with_the_builders_reason(
+    modelship: Cluster, tmp_path: Path
+) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"this is not a protobuf" * 100)
+    uri = stack.seed_model(modelship, NS, bad, f"corrupt-{uuid.uuid4().hex[:6]}/model.onnx")
+    _apply(
+        modelship,
+        "broken",
+        {
+            "model": {"uri": uri, "sha256": _sha256(bad)},
+            "optimization": {"precision": "fp32"},
+            "serving": {"resources": SMALL},
+        },
+    )
+    obj = stack.wait_for(
+        modelship,
+        NS,
+        "broken",
+        lambda o: stack.condition(o, "Degraded").get("status") == "True",
+        "Degraded",
+        600,
+    )
+    degraded = stack.condition(obj, "Degraded")
+    assert degraded["reason"] == "BuildFailed"
+    assert "InvalidModel" in degraded["message"] or "ONNX" in degraded["message"], degraded
+    operator = json.loads(
+        modelship.kubectl("get", "pods", "-n", stack.OPERATOR_NAMESPACE, "-o", "json").stdout
+    )["items"][0]
+    assert operator["status"]["phase"] == "Running"
+    assert all(c["ready"] for c in operator["status"]["containerStatuses"])
+    modelship.kubectl("delete", "mdep", "broken", "-n", NS, "--wait=true")
