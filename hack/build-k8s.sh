@@ -41,8 +41,11 @@ progress() {
 build_module() {  # build_module <name> <workdir> <package> <output>
   local name=$1 dir=$2 pkg=$3 out=$4 start=$SECONDS
   log "building $name from $pkg (first build takes several minutes; cached afterwards)"
-  (cd "$dir" && CGO_ENABLED=0 go build -v -trimpath -ldflags "-s -w $5" -o "$out.tmp" "$pkg" 2>&1) | progress "$name"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || { log "$name: build failed"; exit 1; }
+  # -mod=mod lets go add go.sum entries for packages only the command itself imports.
+  if ! (cd "$dir" && CGO_ENABLED=0 go build -mod=mod -v -trimpath -ldflags "-s -w $5" -o "$out.tmp" "$pkg" 2>&1) | progress "$name"; then
+    log "$name: build failed (see the errors above)"
+    exit 1
+  fi
   mv "$out.tmp" "$out"
   log "$name built in $((SECONDS - start))s -> $out"
 }
