@@ -26,9 +26,11 @@ rbac: venv  ## regenerate deploy/rbac.yaml and the chart's RBAC template from mo
 	$(PY) -m modelship.rbac > deploy/rbac.yaml
 	$(PY) hack/chart_rbac.py
 
-test: venv cluster-build  ## every tier but e2e: lint, unit, slow, integration (the README's test command)
+test: venv cluster-build  ## lint and every tier, e2e included (the README's test command; CI runs it)
 	$(MAKE) lint
 	$(PYTEST) -m "not e2e"
+	$(PYTEST) -m e2e
+
 
 test-unit: venv  ## pure unit tests (seconds)
 	$(PYTEST) -m "not integration and not e2e and not slow"
@@ -36,7 +38,7 @@ test-unit: venv  ## pure unit tests (seconds)
 test-integration: venv cluster-build  ## tests against a real control plane
 	$(PYTEST) -m integration
 
-test-e2e: venv  ## end-to-end tests on the full local node
+test-e2e: venv cluster-build  ## end-to-end tests on the full local node
 	$(PYTEST) -m e2e
 
 lint: venv  ## ruff, import-linter contracts

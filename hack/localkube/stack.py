@@ -50,8 +50,8 @@ def helm_install(cluster: Cluster, namespaces: list[str], extra: list[str] | Non
         "runtimeImage.pullPolicy": "Never",
         "store.pvc.name": STORE_PVC,
         "store.pvc.size": "2Gi",
-        # One node with two cores: a builder asking for two would never be scheduled.
-        "build.cpu": "1",
+        # One node with two cores, shared with the serving pods: builders ask for half a core.
+        "build.cpu": "500m",
         "build.memory": "3Gi",
         "reconcile.pollSeconds": "3",
         "reconcile.readyGraceSeconds": "30",
