@@ -420,11 +420,14 @@ def test_metrics_after_traffic(server: ServerProcess) -> None:
 # --- HTTP transport edge cases (the built-in server) ----------------------------------------
 
 
-def raw_exchange(server: ServerProcess, payload: bytes, until: bytes = b"}") -> bytes:
+def raw_exchange(
+    server: ServerProcess, payload: bytes, until: bytes = b"}", responses: int = 1
+) -> bytes:
+    """Send raw bytes; read until ``responses`` complete answers ending in ``until`` (or EOF)."""
     with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
         sock.sendall(payload)
         data = b""
-        while not data.endswith(until):
+        while not (data.endswith(until) and data.count(b"\r\n\r\n{") >= responses):
             chunk = sock.recv(65536)
             if not chunk:
                 break
@@ -439,7 +442,7 @@ def test_http_pipelining_chunked_and_expect_continue(server: ServerProcess) -> N
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
     health = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
-    answer = raw_exchange(server, request + health + request, until=b"}]}")
+    answer = raw_exchange(server, request + health + request, until=b"}]}", responses=3)
     assert answer.count(b"HTTP/1.1 200 OK") == 3
     assert answer.index(b'{"live":true}') < answer.rindex(b'"model_name"')
     chunked = (
