@@ -303,18 +303,18 @@ class Cluster:
             return
         started = time.monotonic()
         log(f"loading {image} into the node's containerd")
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        assert save.stdout is not None
-        node.run(
-            "ctr",
-            f"--address={images.socket}",
-            "--namespace=k8s.io",
-            "images",
-            "import",
-            "-",
-            stdin=save.stdout,
-        )
-        if save.wait() != 0:
+        with subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE) as save:
+            assert save.stdout is not None
+            node.run(
+                "ctr",
+                f"--address={images.socket}",
+                "--namespace=k8s.io",
+                "images",
+                "import",
+                "-",
+                stdin=save.stdout,
+            )
+        if save.returncode != 0:
             raise RuntimeError(f"docker save {image} failed")
         images.ctr("images", "label", name, f"{label}={image_id}")
         log(f"loaded {image} in {time.monotonic() - started:.1f}s")
