@@ -159,30 +159,43 @@ def test_deleting_a_pod_under_load_loses_no_request(
     outcomes: list[str] = []
 
     def client() -> None:
-        # Bounded: at most 2,000 requests or until told to stop.
-        for _ in range(2000):
-            if stop.is_set():
-                return
+        # Bounded in time; any failure is recorded, never swallowed.
+        deadline = time.monotonic() + 180
+        while not stop.is_set() and time.monotonic() < deadline:
             try:
                 got = _infer(url, "mlp-ha", x)
-                outcomes.append("ok" if np.allclose(got, expected) else "wrong")
-            except (urllib.error.URLError, OSError) as error:
-                outcomes.append(f"error: {error}")
+                outcomes.append("ok" if np.allclose(got, expected) else "wrong answer")
+            except Exception as error:
+                outcomes.append(f"{type(error).__name__}: {error}")
+
+    def wait_for_more(count: int, limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while len(outcomes) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(client) for _ in range(4)]
-        while len(outcomes) < 100:
-            time.sleep(0.05)
-        pods = modelship.kubectl(
-            "get", "pods", "-n", NS, "-l", "modelship.io/deployment=mlp-ha", "-o", "name"
-        ).stdout.split()
-        modelship.kubectl("delete", "-n", NS, pods[0], "--wait=true", timeout=120)
-        seen = len(outcomes)
-        while len(outcomes) < seen + 200:
-            time.sleep(0.05)
-        stop.set()
-        for f in futures:
-            f.result()
+        try:
+            wait_for_more(100, 60)
+            pods = modelship.kubectl(
+                "get", "pods", "-n", NS, "-l", "modelship.io/deployment=mlp-ha", "-o", "name"
+            ).stdout.split()
+            assert len(pods) == 2, pods
+            modelship.kubectl("delete", "-n", NS, pods[0], "--wait=true", timeout=120)
+            # Keep the load on while the replacement starts and becomes ready.
+            stack.wait_for(
+                modelship,
+                NS,
+                "mlp-ha",
+                lambda o: o["status"].get("readyReplicas") == 2,
+                "2 ready again",
+                120,
+            )
+            wait_for_more(len(outcomes) + 200, 60)
+        finally:
+            stop.set()
+            for f in futures:
+                f.result()
     failures = [o for o in outcomes if o != "ok"]
     assert len(outcomes) > 300
     assert failures == [], f"{len(failures)} of {len(outcomes)} requests failed: {failures[:3]}"
@@ -221,3 +234,64 @@ def test_corrupt_model_ends_degraded_with_the_builders_reason(
     assert operator["status"]["phase"] == "Running"
     assert all(c["ready"] for c in operator["status"]["containerStatuses"])
     modelship.kubectl("delete", "mdep", "broken", "-n", NS, "--wait=true")
+
+
+def _replicas(cluster: Cluster, name: str) -> tuple[int, int]:
+    """(replicas the HPA asks for, ready pods of the serving Deployment)."""
+    hpa = json.loads(cluster.kubectl("get", "hpa", name, "-n", NS, "-o", "json").stdout)
+    deploy = json.loads(cluster.kubectl("get", "deployment", name, "-n", NS, "-o", "json").stdout)
+    desired = hpa.get("status", {}).get("desiredReplicas", 0)
+    return int(desired), int(deploy.get("status", {}).get("readyReplicas", 0))
+
+
+def test_hpa_scales_out_under_load_and_back_in(modelship: Cluster, mlp: tuple[Path, str]) -> None:
+    path, uri = mlp
+    spec = _mlp_spec(
+        uri, path, scaling={"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilization": 50}
+    )
+    spec["serving"]["resources"] = {
+        "requests": {"cpu": "50m", "memory": "256Mi"},
+        "limits": {"cpu": "500m", "memory": "1Gi"},
+    }
+    _apply(modelship, "mlp-hpa", spec)
+    stack.wait_for(modelship, NS, "mlp-hpa", stack.is_ready, "Ready", 600)
+    url = stack.service_url(modelship, NS, "mlp-hpa")
+    x = np.ones((1, 16), dtype=np.float32)
+    stop = threading.Event()
+
+    def load() -> None:
+        deadline = time.monotonic() + 300  # bounded in time and count
+        for _ in range(200_000):
+            if stop.is_set() or time.monotonic() > deadline:
+                return
+            try:
+                _infer(url, "mlp-hpa", x)
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)  # a pod starting or stopping; keep the load bounded
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        workers = [pool.submit(load) for _ in range(3)]
+        try:
+            while _replicas(modelship, "mlp-hpa")[1] < 2:
+                assert time.monotonic() - started < 300, "no scale-out within 300 s of load"
+                time.sleep(2)
+        finally:
+            stop.set()
+            for w in workers:
+                w.result()
+    scale_out = time.monotonic() - started
+    idle = time.monotonic()
+    while _replicas(modelship, "mlp-hpa") != (1, 1):
+        assert time.monotonic() - idle < 420, (
+            f"no scale-in within 420 s: {_replicas(modelship, 'mlp-hpa')}"
+        )
+        time.sleep(3)
+    scale_in = time.monotonic() - idle
+    print(
+        f"HPA timings: scale-out to 2 ready pods {scale_out:.0f}s under load, "
+        f"back to 1 {scale_in:.0f}s after the load stopped"
+    )
+    obj = stack.get_mdep(modelship, NS, "mlp-hpa")
+    assert obj["spec"].get("replicas") == 1, "the HPA writes through the scale subresource"
+    modelship.kubectl("delete", "mdep", "mlp-hpa", "-n", NS, "--wait=true")
