@@ -22,21 +22,24 @@ python="${PYTHON:-$root/.venv/bin/python}"
 
 base="$("$here/build-base-image.sh")"
 context="$root/.cache/image-context/$what"
-rm -rf "$context/wheels"
-mkdir -p "$context/wheels"
-cp "$dockerfile" "$context/Dockerfile"
-echo "==> wheels for modelship[$what] (pip wheel on the host, cached by pip)"
-"$python" -m pip wheel --quiet --no-cache-dir -w "$context/wheels" --no-deps "$root"
-"$python" -m pip wheel --quiet -w "$context/wheels" --only-binary=:all: \
-  "$(ls "$context"/wheels/modelship-*.whl)[$what]"
-echo "    $(ls "$context/wheels" | wc -l) wheels, $(du -sh "$context/wheels" | cut -f1)"
-
-key="$( (echo "$base"; cat "$context/Dockerfile"; cd "$context/wheels" && sha256sum ./*) \
-  | sha256sum | cut -c1-12)"
+# The image depends on the base, the Dockerfile, pyproject.toml (pinned dependencies), README.md
+# (the wheel's metadata) and the package sources; hash those so an unchanged tree is not rebuilt
+# (the wheel itself is not byte-reproducible, so it cannot be the key).
+key="$( (echo "$base"; sha256sum "$dockerfile" "$root/pyproject.toml" "$root/README.md" | cut -d' ' -f1
+        cd "$root" && git ls-files -co --exclude-standard -- operator/modelship runtime-image/modelship_runtime \
+          | grep -v /__pycache__/ | sort | xargs sha256sum) | sha256sum | cut -c1-12)"
 hashed="modelship-$what:$key"
 if docker image inspect "$hashed" >/dev/null 2>&1; then
   echo "==> $hashed is cached"
 else
+  rm -rf "$context/wheels"
+  mkdir -p "$context/wheels"
+  cp "$dockerfile" "$context/Dockerfile"
+  echo "==> wheels for modelship[$what] (pip wheel on the host, cached by pip)"
+  "$python" -m pip wheel --quiet --no-cache-dir -w "$context/wheels" --no-deps "$root" 2>/dev/null
+  "$python" -m pip wheel --quiet -w "$context/wheels" --only-binary=:all: \
+    "$(ls "$context"/wheels/modelship-*.whl)[$what]"
+  echo "    $(ls "$context/wheels" | wc -l) wheels, $(du -sh "$context/wheels" | cut -f1)"
   echo "==> docker build (base $base)"
   DOCKER_BUILDKIT=0 docker build --build-arg "BASE_IMAGE=$base" -t "$hashed" "$context" \
     | grep -E '^Step|^Successfully|rror' | sed 's/^/    /'
