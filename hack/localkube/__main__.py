@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from localkube import binaries
+from localkube import binaries, node
 from localkube.cluster import STATE_FILE, Cluster, ClusterState, log
 
 DEFAULT_DIR = Path(
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "down":
         Cluster(args.dir).destroy()
+        if node.host_is_dirty():
+            # A node whose state file is gone (a crashed `up`) still left its bridge and chains.
+            node.clean_host(binaries.cached("kube-proxy"))
         log(f"removed {args.dir}")
         return 0
     if args.command == "load-image":

@@ -261,9 +261,6 @@ class Cluster:
     def destroy(self) -> None:
         """Stop, then remove the cluster's directory (data, certificates, logs)."""
         self.stop()
-        if node.host_is_dirty():
-            # A node whose state file is gone (a crashed `up`) still left host plumbing behind.
-            node.clean_host(binaries.cached("kube-proxy"))
         node.remove_tree(self.directory)
 
     # --- helpers ----------------------------------------------------------------------------

@@ -41,6 +41,8 @@ def build_and_load_images(cluster: Cluster) -> None:
 def helm_install(cluster: Cluster, namespaces: list[str], extra: list[str] | None = None) -> None:
     """``helm upgrade --install`` the chart with the local images and a store PVC per namespace."""
     helm = binaries.ensure(("helm",))["helm"]
+    # Helm installs a chart's CRDs once and never upgrades them; apply them like an upgrade would.
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     sets = {
         "image.repository": OPERATOR_IMAGE.split(":")[0],
         "image.tag": OPERATOR_IMAGE.split(":")[1],

@@ -204,8 +204,7 @@ def build_job(
 def desired_replicas(spec: ModelDeploymentSpec) -> int:
     """spec.replicas (written by the HPA through the scale subresource) within the bounds."""
     scaling = spec.scaling
-    wanted = spec.replicas if spec.replicas is not None else scaling.min_replicas
-    return min(max(wanted, scaling.min_replicas), scaling.max_replicas)
+    return min(max(spec.replicas, scaling.min_replicas), scaling.max_replicas)
 
 
 def _resources(spec: ModelDeploymentSpec) -> dict[str, Any]:

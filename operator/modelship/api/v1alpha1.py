@@ -504,12 +504,13 @@ class ModelDeploymentSpec(APIModel):
         description="How new versions are released: canary steps under metric analysis with "
         "automatic promotion and rollback, or a plain rolling update.",
     )
-    replicas: int | None = Field(
-        default=None,
+    replicas: int = Field(
+        default=1,
         ge=0,
         le=1000,
         description="Desired pods, written through the scale subresource by the autoscaler "
-        "or kubectl scale; leave it out of Git.",
+        "or kubectl scale, and kept within scaling.minReplicas..maxReplicas; leave it out of "
+        "Git. Defaulted so the scale subresource always has a value to read.",
     )
 
 
