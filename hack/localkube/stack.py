@@ -82,59 +82,45 @@ def helm_install(cluster: Cluster, namespaces: list[str], extra: list[str] | Non
     log(f"helm release {RELEASE} installed in {OPERATOR_NAMESPACE}")
 
 
+def apply(cluster: Cluster, namespace: str, obj: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+
 def seed_model(cluster: Cluster, namespace: str, source: Path, dest: str) -> str:
     """Copy a local model file into the ``modelship-models`` PVC of ``namespace`` with
     ``kubectl cp`` through a short-lived pod, as a user without node access would.
     Returns the ``pvc://`` URI of the copy."""
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": MODELS_PVC},
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            }
-        ),
-    )
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": MODELS_PVC},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    apply(cluster, namespace, claim)
     pod = f"model-loader-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl(
-        "apply",
-        "-n",
+    apply(
+        cluster,
         namespace,
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": pod},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "securityContext": {"runAsUser": 10001, "runAsNonRoot": True},
-                    "containers": [
-                        {
-                            "name": "loader",
-                            "image": RUNTIME_IMAGE,
-                            "imagePullPolicy": "Never",
-                            "command": ["sleep", "600"],
-                            "volumeMounts": [{"name": "models", "mountPath": "/models"}],
-                            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "models", "persistentVolumeClaim": {"claimName": MODELS_PVC}}
-                    ],
-                },
-            }
-        ),
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod},
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": {"runAsUser": 10001, "runAsNonRoot": True},
+                "containers": [
+                    {
+                        "name": "loader",
+                        "image": RUNTIME_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["sleep", "600"],
+                        "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+                    }
+                ],
+                "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": MODELS_PVC}}],
+            },
+        },
     )
     try:
         cluster.kubectl(
