@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help demo venv crds rbac test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
+.PHONY: help demo host-deps venv crds rbac test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ rbac: venv  ## regenerate deploy/rbac.yaml and the chart's RBAC template from mo
 	$(PY) -m modelship.rbac > deploy/rbac.yaml
 	$(PY) hack/chart_rbac.py
 
-test: venv cluster-build  ## lint and every tier, e2e included (the README's test command; CI runs it)
+test: host-deps venv cluster-build  ## lint and every tier, e2e included (the README's test command; CI runs it)
 	$(MAKE) lint
 	$(PYTEST) -m "not e2e"
 	$(PYTEST) -m e2e
@@ -38,7 +38,7 @@ test-unit: venv  ## pure unit tests (seconds)
 test-integration: venv cluster-build  ## tests against a real control plane
 	$(PYTEST) -m integration
 
-test-e2e: venv cluster-build  ## end-to-end tests on the full local node
+test-e2e: host-deps venv cluster-build  ## end-to-end tests on the full local node
 	$(PYTEST) -m e2e
 
 lint: venv  ## ruff, import-linter contracts
@@ -50,10 +50,13 @@ cluster-build:  ## build (once, cached by version) etcd, Kubernetes, helm, CoreD
 		kube-scheduler kubelet kube-proxy helm coredns metrics-server >/dev/null
 
 TIER ?= node
-cluster-up: venv cluster-build  ## start the local cluster in .cache/cluster (TIER=node|control-plane)
+host-deps:  ## Debian packages of the local node and image builds (containerd, runc, CNI, Docker)
+	bash hack/install-host-deps.sh
+
+cluster-up: host-deps venv cluster-build  ## start the local cluster in .cache/cluster (TIER=node|control-plane)
 	$(PY) -m localkube up --tier $(TIER)
 
-demo: venv cluster-build  ## the whole story on the local node: build, install, serve, infer
+demo: host-deps venv cluster-build  ## the whole story on the local node: build, install, serve, infer
 	$(PY) hack/demo.py
 
 cluster-down: venv  ## stop the local control plane and remove its directory
