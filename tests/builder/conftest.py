@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from builder_helpers import mlp_onnx
 
+from builder_helpers import mlp_onnx
 from modelship.api.artifact import ArtifactStore, BuildPlan
 from modelship.api.v1alpha1 import ModelSource, OptimizationSpec
 from modelship_runtime.build.benchmark import BenchSettings

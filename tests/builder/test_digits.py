@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builder_helpers import mlp_onnx
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
+from builder_helpers import mlp_onnx
 from modelship.api.artifact import BuildPlan
 from modelship.api.v1alpha1 import AccuracyMetric, AccuracySpec, CalibrationSpec, Precision
 from modelship_runtime.build.benchmark import BenchSettings

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builder_helpers import manifest_for
 from s3_server import S3Server, minio
 
+from builder_helpers import manifest_for
 from modelship.api.artifact import ArtifactStore, BuildPlan
 from modelship.api.v1alpha1 import Precision, S3Settings
 from modelship_runtime.build.benchmark import BenchSettings

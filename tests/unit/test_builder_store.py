@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from modelship.api.artifact import ArtifactStore, Manifest, Signature
-from modelship.api.v1alpha1 import TensorDatatype, TensorSpec
+from builder_helpers import manifest_for as shared_manifest_for
+from modelship.api.artifact import ArtifactStore, Manifest
 from modelship_runtime.io_settings import IOSettings
 from modelship_runtime.store import (
     DirectoryStore,
     IndexEntry,
     StoreError,
     digest_hex,
-    file_sha256,
     local_path,
     open_store,
 )
@@ -24,17 +23,7 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 def manifest_for(model: Path, variant: str = "fp32") -> Manifest:
-    spec = TensorSpec(name="x", datatype=TensorDatatype.FP32, shape=[-1, 4])
-    return Manifest(
-        digest=DIGEST,
-        source_digest="cd" * 32,
-        plan_key="ef" * 32,
-        variant=variant,
-        model_sha256=file_sha256(model),
-        size_bytes=model.stat().st_size,
-        source_size_bytes=1,
-        signature=Signature(inputs=[spec], outputs=[spec]),
-    )
+    return shared_manifest_for(model, DIGEST, variant)
 
 
 def _model(tmp_path: Path, content: bytes, name: str = "m.onnx") -> Path:
