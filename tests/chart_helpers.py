@@ -88,6 +88,19 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+POD_NAME = "modelship-operator-5d9c7-x2x4q"
+
+
 def operator_env(objects: list[dict[str, Any]]) -> dict[str, str]:
-    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in container["env"]}
+    """The operator container's environment as the kubelet would set it (downward API too)."""
+    deployment = one(objects, "Deployment")
+    pod = {"metadata": {"name": POD_NAME, "namespace": deployment["metadata"]["namespace"]}}
+    env = {}
+    for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            field = e["valueFrom"]["fieldRef"]["fieldPath"]  # only fieldRefs are used
+            section, key = field.split(".")
+            env[e["name"]] = pod[section][key]
+    return env

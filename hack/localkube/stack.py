@@ -50,6 +50,8 @@ def helm_install(cluster: Cluster, namespaces: list[str], extra: list[str] | Non
         "runtimeImage.repository": RUNTIME_IMAGE.split(":")[0],
         "runtimeImage.tag": RUNTIME_IMAGE.split(":")[1],
         "runtimeImage.pullPolicy": "Never",
+        # Two operator pods: one leads, one stands by (leader election on a Lease).
+        "replicaCount": "2",
         "store.pvc.name": STORE_PVC,
         "store.pvc.size": "2Gi",
         # One node with two cores, shared with the serving pods: builders ask for half a core.

@@ -39,9 +39,12 @@ _COLLECTIONS = {
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Pod": "/api/v1/namespaces/{ns}/pods",
     "Event": "/api/v1/namespaces/{ns}/events",
+    "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
     api.KIND: f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{{ns}}/{api.PLURAL}",
 }
 _TIMEOUT = (5, 30)
+_LEASE_TIMEOUT = (2, 4)
+"""Lease calls must fail fast: a renewal that hangs past the lease would outlive the leadership."""
 
 
 class KubeError(RuntimeError):
@@ -86,6 +89,7 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        timeout: tuple[float, float] = _TIMEOUT,
     ) -> dict[str, Any]:
         self._on_request(method)
         if method != "GET":
@@ -99,7 +103,7 @@ class Kube:
             auth_settings=["BearerToken"],
             _preload_content=False,
             _return_http_data_only=True,
-            _request_timeout=_TIMEOUT,
+            _request_timeout=timeout,
         )
         data = response.data
         return json.loads(data) if data else {}
@@ -153,6 +157,30 @@ class Kube:
             if e.status == 409:
                 return False
             raise KubeError(f"creating {obj['kind']} {meta['namespace']}/{meta['name']}", e) from e
+        return True
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", self._path("Lease", namespace, name), timeout=_LEASE_TIMEOUT)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise KubeError(f"reading Lease {namespace}/{name}", e) from e
+
+    def write_lease(self, lease: dict[str, Any]) -> bool:
+        """Create the Lease, or replace it at the resourceVersion read (optimistic concurrency).
+
+        False when another writer got there first (409), so the caller lost this round.
+        """
+        meta = lease["metadata"]
+        replace = bool(meta.get("resourceVersion"))
+        path = self._path("Lease", meta["namespace"], meta["name"] if replace else None)
+        try:
+            self._call("PUT" if replace else "POST", path, body=lease, timeout=_LEASE_TIMEOUT)
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise KubeError(f"writing Lease {meta['namespace']}/{meta['name']}", e) from e
         return True
 
     def delete(self, kind: str, namespace: str, name: str) -> None:

@@ -63,6 +63,18 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 
+LEASE_RULES: list[dict[str, Any]] = [
+    # leader.py: one Lease in the operator's own namespace, named after the operator.
+    # "create" cannot be limited to a name (the name is not known before the object exists).
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": [NAME],
+        "verbs": ["get", "update"],
+    },
+]
+
 
 def manifests() -> list[dict[str, Any]]:
     labels = {"app.kubernetes.io/name": "modelship", "app.kubernetes.io/component": "operator"}
@@ -87,6 +99,19 @@ def manifests() -> list[dict[str, Any]]:
                 "kind": "ClusterRole",
                 "name": NAME,
             },
+            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": labels},
+            "rules": LEASE_RULES,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
             "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}],
         },
     ]

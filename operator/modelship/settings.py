@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
@@ -10,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from modelship.api.artifact import ArtifactStore
 from modelship.api.v1alpha1 import S3Settings
 
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 PVC_MOUNT_PATH = "/artifacts"
 """Where build Jobs mount the store PVC; the artifact URIs the builder reports start here."""
 
@@ -61,6 +63,23 @@ class Settings(BaseSettings):
         description="How long a started pod may stay unready before it counts as a fault.",
     )
 
+    leader_election: bool = Field(
+        default=False,
+        description="Elect one leader among the operator's replicas on a Lease; the others "
+        "stand by. The chart turns it on.",
+    )
+    leader_election_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the Lease; in a pod, defaults to the pod's own namespace.",
+    )
+    leader_election_lease: str = Field(default="modelship-operator", description="Lease name.")
+    leader_election_lease_seconds: float = Field(default=15, gt=0)
+    leader_election_renew_deadline_seconds: float = Field(default=10, gt=0)
+    leader_election_retry_seconds: float = Field(default=2, gt=0)
+    pod_name: str | None = Field(
+        default=None, description="This pod's name (downward API); part of the leader identity."
+    )
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
@@ -75,6 +94,19 @@ class Settings(BaseSettings):
                 "no artifact store: set MODELSHIP_STORE_PVC to a PersistentVolumeClaim name "
                 "or MODELSHIP_STORE_S3_BUCKET to a bucket"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _election_namespace(self) -> Settings:
+        if self.leader_election and not self.leader_election_namespace:
+            try:
+                self.leader_election_namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+            except OSError:
+                raise ValueError(
+                    "leader election needs the Lease's namespace: set "
+                    "MODELSHIP_LEADER_ELECTION_NAMESPACE (in a pod it is read from "
+                    f"{SERVICE_ACCOUNT_NAMESPACE})"
+                ) from None
         return self
 
     @property

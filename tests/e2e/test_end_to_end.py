@@ -228,12 +228,50 @@ def test_corrupt_model_ends_degraded_with_the_builders_reason(
     degraded = stack.condition(obj, "Degraded")
     assert degraded["reason"] == "BuildFailed"
     assert "InvalidModel" in degraded["message"] or "ONNX" in degraded["message"], degraded
-    operator = json.loads(
-        modelship.kubectl("get", "pods", "-n", stack.OPERATOR_NAMESPACE, "-o", "json").stdout
-    )["items"][0]
-    assert operator["status"]["phase"] == "Running"
-    assert all(c["ready"] for c in operator["status"]["containerStatuses"])
+    for operator in _operator_pods(modelship):
+        assert operator["status"]["phase"] == "Running"
+        assert all(c["ready"] for c in operator["status"]["containerStatuses"])
+        assert all(c["restartCount"] == 0 for c in operator["status"]["containerStatuses"])
     modelship.kubectl("delete", "mdep", "broken", "-n", NS, "--wait=true")
+
+
+def _operator_pods(cluster: Cluster) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = json.loads(
+        cluster.kubectl("get", "pods", "-n", stack.OPERATOR_NAMESPACE, "-o", "json").stdout
+    )["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def _lease_holder(cluster: Cluster) -> str:
+    """The operator pod that leads (the Lease's holder is ``<pod name>_<random suffix>``)."""
+    leases = json.loads(
+        cluster.kubectl("get", "leases", "-n", stack.OPERATOR_NAMESPACE, "-o", "json").stdout
+    )["items"]
+    (lease,) = leases
+    return str(lease["spec"].get("holderIdentity") or "").rsplit("_", 1)[0]
+
+
+def test_the_standby_operator_takes_over_when_the_leader_goes(
+    modelship: Cluster, mlp: tuple[Path, str]
+) -> None:
+    path, uri = mlp
+    stack.wait_for(modelship, NS, "mlp", stack.is_ready, "Ready", timeout_s=900)
+    pods = {p["metadata"]["name"] for p in _operator_pods(modelship)}
+    assert len(pods) == 2, pods
+    leader = _lease_holder(modelship)
+    assert leader in pods, (leader, pods)
+    start = time.monotonic()
+    modelship.kubectl("delete", "pod", leader, "-n", stack.OPERATOR_NAMESPACE, "--wait=false")
+    deadline = start + 60
+    while (holder := _lease_holder(modelship)) in ("", leader) and time.monotonic() < deadline:
+        time.sleep(0.5)  # polling an external state: the Lease is written by another process
+    assert holder in pods - {leader}, f"the standby did not take over (holder {holder!r})"
+    took_over = time.monotonic() - start
+    # The new leader reconciles: a new ModelDeployment of a built model becomes Ready.
+    _apply(modelship, "mlp-failover", _mlp_spec(uri, path))
+    stack.wait_for(modelship, NS, "mlp-failover", stack.is_ready, "Ready", timeout_s=300)
+    print(f"leader {leader} deleted; {holder} took over after {took_over:.1f}s")
+    modelship.kubectl("delete", "mdep", "mlp-failover", "-n", NS, "--wait=true")
 
 
 def _replicas(cluster: Cluster, name: str) -> tuple[int, int]:

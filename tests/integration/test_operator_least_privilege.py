@@ -75,7 +75,12 @@ def test_operator_runs_under_its_cluster_role_only(
     )
     assert denied.stdout.strip() == "no", "the role must stay least-privilege"
     kube = Kube(kube_api, namespace)
-    op = Operator(kubeconfig, namespace, tmp_path / "operator.log").start()
+    # With leader election as the chart runs it: the Lease is covered by the Role too.
+    election = {
+        "MODELSHIP_LEADER_ELECTION": "true",
+        "MODELSHIP_LEADER_ELECTION_NAMESPACE": "modelship-system",
+    }
+    op = Operator(kubeconfig, namespace, tmp_path / "operator.log", **election).start()
     try:
         kube.apply_mdep("least", model_spec(scaling={"minReplicas": 2, "maxReplicas": 3}))
         job = only_job(kube)
@@ -89,5 +94,7 @@ def test_operator_runs_under_its_cluster_role_only(
     finally:
         op.stop()
     log = op.log()
+    assert "leading as" in log, log
+    assert "released the lease" in log, log
     assert "Forbidden" not in log, log
     assert " 403" not in log, log

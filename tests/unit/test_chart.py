@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from chart_helpers import CHART, NAMESPACE, helm, one, operator_env, template
+from chart_helpers import CHART, NAMESPACE, POD_NAME, helm, one, operator_env, template
 from chart_rbac import TEMPLATE, render
 from modelship import rbac
 from modelship.settings import Settings
@@ -64,6 +64,8 @@ def test_default_render(monkeypatch: pytest.MonkeyPatch) -> None:
         "ClusterRoleBinding",
         "Deployment",
         "PersistentVolumeClaim",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -76,7 +78,11 @@ def test_default_render(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     spec = deployment["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # A new pod only stands by until the old leader hands the Lease over: no need to Recreate.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == name
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -92,8 +98,21 @@ def test_default_render(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "livenessProbe" not in container  # the operator serves no health endpoint
     assert container["resources"]["limits"] == {"memory": "512Mi"}
 
-    settings = settings_from(operator_env(objects), monkeypatch)
+    env = operator_env(objects)
+    election = {
+        "MODELSHIP_LEADER_ELECTION": "true",
+        "MODELSHIP_LEADER_ELECTION_LEASE": name,  # the name the Role's resourceNames allow
+        "MODELSHIP_LEADER_ELECTION_LEASE_SECONDS": "15",
+        "MODELSHIP_LEADER_ELECTION_RENEW_DEADLINE_SECONDS": "10",
+        "MODELSHIP_LEADER_ELECTION_RETRY_SECONDS": "2",
+    }
+    assert {k: env.pop(k) for k in election} == election
+    # Downward API: the Lease lives in the operator's namespace; the identity names the pod.
+    assert env.pop("MODELSHIP_LEADER_ELECTION_NAMESPACE") == NAMESPACE
+    assert env.pop("MODELSHIP_POD_NAME") == POD_NAME
+    settings = settings_from(env, monkeypatch)
     assert settings == Settings.model_validate({}), "chart defaults differ from the operator's"
+    assert settings.leader_election_lease == name
 
     service = one(objects, "Service")
     assert service["spec"]["ports"] == [
@@ -128,7 +147,14 @@ def test_rbac_is_rbac_py_with_release_names() -> None:
         {"kind": "ServiceAccount", "name": "modelship-operator", "namespace": NAMESPACE}
     ]
     assert one(objects, "ServiceAccount")["metadata"]["namespace"] == NAMESPACE
+    lease_role = one(objects, "Role")
+    assert lease_role["rules"] == rbac.LEASE_RULES
+    assert lease_role["metadata"]["namespace"] == NAMESPACE
+    assert one(objects, "RoleBinding")["roleRef"]["name"] == lease_role["metadata"]["name"]
     other = template(namespace="ops", values={"fullnameOverride": "ms2"})
+    # The Lease the operator is told to use is the one the Role lets it update.
+    assert one(other, "Role")["rules"][1]["resourceNames"] == ["ms2-operator"]
+    assert operator_env(other)["MODELSHIP_LEADER_ELECTION_LEASE"] == "ms2-operator"
     assert one(other, "ClusterRole")["metadata"]["name"] == "ms2-operator"
     assert one(other, "ClusterRoleBinding")["subjects"][0] == {
         "kind": "ServiceAccount",
@@ -208,7 +234,8 @@ def test_metrics_off() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        pytest.param({"replicaCount": 2}, "replicaCount", id="two-replicas"),
+        pytest.param({"replicaCount": -1}, "replicaCount", id="negative-replicas"),
+        pytest.param({"leaderElection": {"leaseSeconds": 0}}, "leaseSeconds", id="zero-lease"),
         pytest.param({"replicas": 1}, "replicas", id="unknown-key"),
         pytest.param({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy", id="pull-policy"),
         pytest.param({"store": {"pvc": {"accessModes": ["RWO"]}}}, "accessModes", id="access"),
@@ -230,3 +257,11 @@ def test_values_file_is_valid_yaml_with_documented_defaults() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["replicaCount"] == 1
     assert values["store"]["pvc"]["name"] == Settings.model_fields["store_pvc"].default
+
+
+@slow
+def test_election_timings_out_of_order_are_rejected() -> None:
+    values = {"leaderElection": {"leaseSeconds": 10, "renewDeadlineSeconds": 10, "retrySeconds": 2}}
+    result = helm("template", "modelship", str(CHART), values=values)
+    assert result.returncode != 0, "accepted a renew deadline as long as the lease"
+    assert "retrySeconds < renewDeadlineSeconds < leaseSeconds, got 2 < 10 < 10" in result.stderr

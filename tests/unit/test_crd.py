@@ -46,8 +46,8 @@ def test_every_field_has_a_description() -> None:
 
 def test_schema_is_structural() -> None:
     for path, node in _walk(_schema(), ""):
-        assert (
-            ("$ref" not in node and "anyOf" not in node) or node.get("x-kubernetes-int-or-string")
+        assert ("$ref" not in node and "anyOf" not in node) or node.get(
+            "x-kubernetes-int-or-string"
         ), path
         assert node.get("additionalProperties") is not False, path
         assert "type" in node or node.get("x-kubernetes-int-or-string"), path
