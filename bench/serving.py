@@ -44,6 +44,9 @@ MODELS = Path(os.environ.get("MODELSHIP_MODELS_DIR", REPO.parent / "shared" / "m
 MINILM = MODELS / "all-MiniLM-L6-v2"
 CONCURRENCY = (1, 8, 32)
 THREADS = 2
+BATCH_DELAY_MS = 10.0
+"""Batch window of every batching server (--batch-delay-ms): long enough for 32 closed-loop
+clients to re-send after a batch (parsing 32 requests takes ~5 ms here), so batches fill."""
 
 
 # --- models and request bodies -------------------------------------------------------------
@@ -294,7 +297,7 @@ def ours(batching: bool) -> Callable[[Path, int, Path], subprocess.Popen[bytes]]
             "warning",
         ]
         if batching:
-            args += ["--max-batch-size", "32", "--max-delay-ms", "5"]
+            args += ["--max-batch-size", "32", "--max-delay-ms", str(BATCH_DELAY_MS)]
         return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
     return start
@@ -319,7 +322,7 @@ def mlserver(peer_python: Path, batching: bool) -> Callable[..., subprocess.Pope
             "parameters": {"uri": str(model)},
         }
         if batching:
-            model_settings.update({"max_batch_size": 32, "max_batch_time": 0.005})
+            model_settings.update({"max_batch_size": 32, "max_batch_time": BATCH_DELAY_MS / 1000})
         (root / "model" / "model-settings.json").write_text(json.dumps(model_settings))
         mlserver_bin = peer_python.parent / "mlserver"
         return subprocess.Popen(
@@ -494,9 +497,17 @@ def main() -> int:
         "--kserve-python", type=Path, default=REPO / ".bench-venv/kserve/bin/python"
     )
     parser.add_argument("--models", default="minilm16,minilm128,mlp")
+    parser.add_argument(
+        "--batch-delay-ms",
+        type=float,
+        default=BATCH_DELAY_MS,
+        help="max batch delay of every batching server (ours and MLServer alike)",
+    )
     parser.add_argument("--servers", default="ours,ours-batch,mlserver,mlserver-batch,kserve")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/serving.json")
     args = parser.parse_args()
+    global BATCH_DELAY_MS
+    BATCH_DELAY_MS = args.batch_delay_ms
 
     work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     mlp_path, mlp_row = digits_mlp(work / "digits.onnx")

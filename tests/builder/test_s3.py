@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,8 +15,12 @@ import pytest
 from s3_server import S3Server, minio
 
 from builder_helpers import manifest_for
+from modelship import desired
 from modelship.api.artifact import ArtifactStore, BuildPlan
-from modelship.api.v1alpha1 import Precision, S3Settings
+from modelship.api.v1alpha1 import ModelDeploymentSpec, Precision, S3Settings
+from modelship.naming import Owner
+from modelship.observation import Artifact
+from modelship.settings import Settings
 from modelship_runtime.build.benchmark import BenchSettings
 from modelship_runtime.build.pipeline import build
 from modelship_runtime.s3client import make_client
@@ -134,3 +141,61 @@ def test_build_from_s3_source_into_s3_store(
     again = build(plan, bench=fast_bench, workdir=tmp_path)
     assert again.reused
     assert again.digest == result.digest
+
+
+def test_serving_init_container_downloads_the_artifact_from_s3(
+    bucket: tuple[str, Any],
+    s3_server: S3Server,
+    tiny_model: Path,
+    make_plan: Callable[..., BuildPlan],
+    tmp_path: Path,
+    fast_bench: BenchSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fetch-artifact init container, run as the operator writes it, against real S3."""
+    name, _client = bucket
+    s3 = S3Settings(endpoint=s3_server.endpoint)
+    plan = make_plan(tiny_model.as_uri(), precision=Precision.FP32)
+    plan = plan.model_copy(update={"store": ArtifactStore(uri=f"s3://{name}/artifacts", s3=s3)})
+    built = build(plan, bench=fast_bench, workdir=tmp_path)
+
+    monkeypatch.setenv("MODELSHIP_STORE_S3_BUCKET", name)
+    monkeypatch.setenv("MODELSHIP_STORE_S3_ENDPOINT", s3_server.endpoint)
+    pod = desired.deployment(
+        ModelDeploymentSpec.model_validate({"model": {"uri": "s3://m/model.onnx"}}),
+        Owner("mlp", "ml", "uid-1"),
+        Artifact(built.digest, built.uri),
+        "request-key",
+        Settings(),
+    )["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    model_dir = tmp_path / "model"  # the emptyDir the server container mounts
+    args = [a if a != desired.MODEL_DIR else str(model_dir) for a in init["args"]]
+    env = {e["name"]: e["value"] for e in init["env"] if "value" in e}
+    # The Secret's keys, as the pod's secretKeyRef would set them.
+    env |= {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "modelship_runtime", *args],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)} | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in model_dir.iterdir()) == ["manifest.json", "model.onnx"]
+    assert file_sha256(model_dir / "model.onnx") == built.manifest.model_sha256
+
+    missing = [a if a != built.digest else "sha256:" + "0" * 64 for a in args]
+    run = subprocess.run(
+        [sys.executable, "-m", "modelship_runtime", *missing],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)} | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert "download failed" in run.stderr
+    assert "0" * 64 in run.stderr, run.stderr

@@ -157,3 +157,30 @@ def test_batcher_does_not_make_a_lone_request_wait(tmp_path: Path) -> None:
             await batcher.close()
 
     assert asyncio.run(run()) < 1.0
+
+
+def test_batcher_dispatches_a_steady_group_once_all_are_in(tmp_path: Path) -> None:
+    """Eight closed-loop clients: each batch leaves when the eight are in, not after max_delay."""
+    model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry, "m")
+
+    async def client(batcher: BatchingPredictor, i: int) -> None:
+        for _ in range(4):
+            await batcher.predict({"ids": np.full((1, 3), i, dtype=np.int64)}, None)
+
+    async def run() -> float:
+        batcher = BatchingPredictor(model, max_batch_size=32, max_delay_ms=2000, metrics=metrics)
+        batcher.start()
+        try:
+            start = time.perf_counter()
+            await asyncio.gather(*(client(batcher, i) for i in range(8)))
+            return time.perf_counter() - start
+        finally:
+            await batcher.close()
+
+    elapsed = asyncio.run(run())
+    batches = registry.get_sample_value("modelship_batch_size_count", {"model": "m"})
+    rows = registry.get_sample_value("modelship_batch_size_sum", {"model": "m"})
+    assert (batches, rows) == (4, 32), "every round of the eight clients is one batch"
+    assert elapsed < 2.0, f"a batch waited out max_delay ({elapsed:.1f}s for 4 rounds)"

@@ -6,8 +6,10 @@ done with ``asyncio.timeout`` on the queue, never by polling. Because the deadli
 enqueue time, requests that piled up while the previous batch ran are dispatched at once.
 
 The batcher only waits when waiting can pay off: when more requests are active than the batch
-holds, or when recent batches merged several requests. A lone client (concurrency 1) is never
-made to wait ``max_delay`` for company that is not coming.
+holds, or while the batch is smaller than the largest of the last few batches (the group of
+clients that came together lately is expected again). A lone client (concurrency 1) is never
+made to wait ``max_delay`` for company that is not coming, and eight clients are not made to
+wait for a thirty-second that never comes: their batch leaves as soon as the eight are in.
 
 Only requests whose inputs agree beyond the batch dimension are merged. Results are split back
 by row offsets. If a merged call fails, every request in it is retried alone, so one bad request
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +34,10 @@ from modelship_runtime.serve.metrics import RequestMetrics
 from modelship_runtime.serve.model import Feeds, OnnxModel, Outputs
 
 log = logging.getLogger(__name__)
+
+RECENT_BATCHES = 4
+"""How many batches back the expected group size looks: one straggler batch must not shrink it,
+and after the load drops only this many batches wait for clients that left."""
 
 
 @dataclass(slots=True)
@@ -64,7 +71,7 @@ class BatchingPredictor:
         self._task: asyncio.Task[None] | None = None
         self._output_index = {name: i for i, name in enumerate(model.output_names)}
         self._active = 0
-        self._recent_requests_per_batch = 1.0
+        self._recent_batches: deque[int] = deque([1], maxlen=RECENT_BATCHES)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
@@ -114,7 +121,7 @@ class BatchingPredictor:
                     break
                 batch.append(item)
                 rows += item.rows
-            self._recent_requests_per_batch += 0.2 * (len(batch) - self._recent_requests_per_batch)
+            self._recent_batches.append(len(batch))
             try:
                 await self._execute(batch, rows)
             except Exception as exc:  # a bug here must not leave requests waiting forever
@@ -123,7 +130,7 @@ class BatchingPredictor:
                     _fail(pending, exc)
 
     def _worth_waiting(self, batched: int) -> bool:
-        return self._active > batched or self._recent_requests_per_batch >= 1.5
+        return self._active > batched or batched < max(self._recent_batches)
 
     async def _execute(self, batch: list[_Pending], rows: int) -> None:
         loop = asyncio.get_running_loop()
