@@ -487,6 +487,7 @@ def summarize(runs: list[Any]) -> dict[str, float]:
 
 
 def main() -> int:
+    global BATCH_DELAY_MS  # read by the server launchers below
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
@@ -506,7 +507,6 @@ def main() -> int:
     parser.add_argument("--servers", default="ours,ours-batch,mlserver,mlserver-batch,kserve")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/serving.json")
     args = parser.parse_args()
-    global BATCH_DELAY_MS
     BATCH_DELAY_MS = args.batch_delay_ms
 
     work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
