@@ -12,6 +12,7 @@ import kopf
 from modelship import handlers  # noqa: F401  (registers the handlers)
 from modelship.kube import Kube, new_api_client
 from modelship.leader import LeaderElector, Timing
+from modelship.metrics import OperatorMetrics
 from modelship.settings import Settings
 
 log = logging.getLogger("modelship")
@@ -50,15 +51,20 @@ def main() -> None:
     )
     # kopf logs every handled watch event at INFO; at scale that costs more CPU than the work.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # Served from the start, so a standby answers scrapes too (modelship_operator_leader 0).
+    metrics = OperatorMetrics()
+    metrics.serve(settings.metrics_port)
     elector = _elector(settings) if settings.leader_election else None
     if elector is not None:
         elector.acquire()
         elector.keep(on_lost=_lost)
+    metrics.leader.set(1)
     try:
         kopf.run(
             standalone=True,  # kopf's peering is replaced by the Lease above
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
+            memo=kopf.Memo(metrics=metrics),
         )
     finally:
         if elector is not None:

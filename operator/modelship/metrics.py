@@ -53,6 +53,12 @@ class OperatorMetrics:
         )
         for phase in Phase:
             self.objects.labels(phase.value)
+        self.leader = Gauge(
+            "modelship_operator_leader",
+            "1 while this replica reconciles (holds the leader Lease, or runs without leader "
+            "election), 0 while it stands by.",
+            registry=self.registry,
+        )
 
     def count_request(self, method: str) -> None:
         self.api_requests.labels(method).inc()

@@ -179,7 +179,6 @@ def test_two_operators_one_reconciles_and_the_other_takes_over(
             namespace,
             tmp_path / f"{name}.log",
             MODELSHIP_POD_NAME=name,
-            MODELSHIP_METRICS_PORT="0",
             **election,
         ).start()
         for name in ("op-a", "op-b")
@@ -199,6 +198,9 @@ def test_two_operators_one_reconciles_and_the_other_takes_over(
         wait_for(kube.jobs, "the leader to create a build Job")
         wait_for(lambda: "standing by" in ops[standby].log(), "the standby to say so")
         assert "leading as" not in ops[standby].log()
+        # Both answer scrapes; only the leader says it leads.
+        assert "modelship_operator_leader 0.0" in ops[standby].metrics()
+        assert "modelship_operator_leader 1.0" in ops[leader].metrics()
 
         ops[leader].kill()  # no hand-over: the standby waits for the lease to expire
         new = wait_for(
@@ -207,6 +209,10 @@ def test_two_operators_one_reconciles_and_the_other_takes_over(
             timeout=15,
         )
         assert new.startswith(f"{standby}_")
+        wait_for(
+            lambda: "modelship_operator_leader 1.0" in ops[standby].metrics(),
+            "the new leader's metrics to say so",
+        )
         kube.apply_mdep(
             "second", model_spec(model={"uri": "s3://models/b.onnx", "sha256": "cd" * 32})
         )
