@@ -113,6 +113,8 @@ def _next(obs: Observation) -> tuple[State, list[Action]]:
                 f"building the artifact in Job {obs.target.job_name}",
             ), [StartBuild(), *keep]
         adopt: list[Action] = [] if build.owned else [AdoptBuild()]
+        if build.reason:  # the builder pod cannot start; say why (it may still, e.g. new nodes)
+            return State(Phase.BUILDING, build.reason, build.message), adopt + keep
         return State(
             Phase.BUILDING, "Building", f"building the artifact in Job {build.job_name}"
         ), adopt + keep
@@ -157,6 +159,10 @@ def _next(obs: Observation) -> tuple[State, list[Action]]:
     ), actions
 
 
+STUCK_BUILD_REASONS = frozenset({"BuildUnschedulable", "BuildPodWaiting"})
+"""Reasons observation.parse_build gives a running build whose pod cannot start."""
+
+
 def _events(before: State, after: State, actions: list[Action], obs: Observation) -> list[Emit]:
     events: list[Emit] = []
     for action in actions:
@@ -174,7 +180,8 @@ def _events(before: State, after: State, actions: list[Action], obs: Observation
                 )
             )
     if (before.phase, before.reason) != (after.phase, after.reason):
-        kind = "Warning" if after.phase is Phase.DEGRADED else "Normal"
+        warn = after.phase is Phase.DEGRADED or after.reason in STUCK_BUILD_REASONS
+        kind = "Warning" if warn else "Normal"
         events.append(Emit(kind, after.reason or after.phase.value, after.message))
     return events
 

@@ -235,7 +235,45 @@ def parse_build(
                 status.get("startTime"), failed.get("lastTransitionTime")
             ),
         )
+    stuck = _stuck_builder(pods)
+    if stuck is not None:
+        return BuildObservation(
+            BuildState.RUNNING, name, reason=stuck[0], message=stuck[1], owned=owned
+        )
     return BuildObservation(BuildState.RUNNING, name, owned=owned)
+
+
+_STUCK_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",
+                  "CreateContainerConfigError"}  # fmt: skip
+
+
+def _stuck_builder(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(reason, message) when a pending builder pod cannot start, as Kubernetes reports it."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Pending":
+            continue
+        name = (pod.get("metadata") or {}).get("name", "")
+        for cond in status.get("conditions") or []:
+            if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
+                "PodScheduled",
+                "False",
+                "Unschedulable",
+            ):
+                return "BuildUnschedulable", _shorten(
+                    f"builder pod {name} cannot be scheduled: {cond.get('message') or ''}; "
+                    "lower the build resources (operator MODELSHIP_BUILD_CPU/MODELSHIP_BUILD_"
+                    "MEMORY, chart values build.cpu/build.memory) or add node capacity"
+                )
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _STUCK_WAITING:
+                return "BuildPodWaiting", _shorten(
+                    f"builder pod {name} cannot start: {waiting['reason']}: "
+                    f"{waiting.get('message') or ''}; check the runtime image "
+                    "(MODELSHIP_RUNTIME_IMAGE, chart values runtimeImage)"
+                )
+    return None
 
 
 def parse_rollout(deployment: dict[str, Any] | None) -> RolloutObservation:

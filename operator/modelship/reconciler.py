@@ -167,16 +167,10 @@ class Reconciler:
         job = self.kube.get("Job", owner.namespace, target.job_name)
         if job is None:
             return BuildObservation()
-        finished = any(
-            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-            for c in (job.get("status") or {}).get("conditions") or []
-        )
-        pods = (
-            self.kube.list(
-                "Pod", owner.namespace, {naming.LABEL_BUILD: naming.build_key(target.key)}
-            )
-            if finished
-            else []
+        # Finished: the result is in a pod's termination message. Running: a pod that cannot
+        # start (unschedulable, image pull) says why, and the status must say it too.
+        pods = self.kube.list(
+            "Pod", owner.namespace, {naming.LABEL_BUILD: naming.build_key(target.key)}
         )
         pinned = None
         if target.pinned_digest:

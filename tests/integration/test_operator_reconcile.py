@@ -593,3 +593,31 @@ def test_killed_at_each_phase_converges_without_duplicates_and_status_never_lies
     assert len(kube.autoscaling.list_namespaced_horizontal_pod_autoscaler(kube.ns).items) == 1
     assert len(kube.policy.list_namespaced_pod_disruption_budget(kube.ns).items) == 1
     assert len(kube.jobs()) == 1
+
+
+def test_an_unschedulable_builder_pod_is_reported_in_the_status(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    start_operator()
+    kube.apply_mdep("stuck", model_spec())
+    job = only_job(kube)
+    pod = wait_for(lambda: kube.builder_pod(job.metadata.name), "the builder pod")
+    # What the scheduler writes when no node fits the builder's requests.
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    unschedulable = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/1 nodes are available: 1 Insufficient cpu.",
+        "lastTransitionTime": now,
+    }
+    kube.core.patch_namespaced_pod_status(
+        pod.metadata.name, kube.ns, {"status": {"phase": "Pending", "conditions": [unschedulable]}}
+    )
+    ready = wait_for(
+        lambda: (c := kube.condition("stuck", "Ready")).get("reason") == "BuildUnschedulable" and c,
+        "the status to say the build cannot be scheduled",
+    )
+    assert "Insufficient cpu" in ready["message"]
+    assert kube.phase("stuck") == "Building"
+    wait_for(lambda: "BuildUnschedulable" in kube.events("stuck"), "a Warning event")

@@ -154,3 +154,49 @@ def test_no_job_and_running_job() -> None:
     assert parse_build(None, [], "u").state is BuildState.ABSENT
     running = {"metadata": {"name": "build-1"}, "status": {"active": 1}}
     assert parse_build(running, [], "u").state is BuildState.RUNNING
+
+
+def pending(name: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"phase": "Pending", **status}}
+
+
+def test_a_builder_pod_that_cannot_start_says_why() -> None:
+    running = {"metadata": {"name": "build-1"}, "status": {"active": 1}}
+    unschedulable = pending(
+        "build-1-a",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient cpu.",
+            }
+        ],
+    )
+    seen = parse_build(running, [unschedulable], "u")
+    assert seen.state is BuildState.RUNNING
+    assert seen.reason == "BuildUnschedulable"
+    assert "build-1-a cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu" in (
+        seen.message
+    )
+    assert "build.cpu" in seen.message
+    pull = pending(
+        "build-1-b",
+        containerStatuses=[
+            {
+                "name": "builder",
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}},
+            }
+        ],
+    )
+    seen = parse_build(running, [pull], "u")
+    assert seen.reason == "BuildPodWaiting"
+    assert "ImagePullBackOff: not found" in seen.message
+    # Merely starting (ContainerCreating) is not a problem.
+    creating = pending(
+        "build-1-c",
+        containerStatuses=[
+            {"name": "builder", "state": {"waiting": {"reason": "ContainerCreating"}}}
+        ],
+    )
+    assert parse_build(running, [creating], "u").reason == ""

@@ -163,3 +163,20 @@ def test_scaling_in_progress_is_progressing_not_degraded() -> None:
     partial = replace(rollout(NEW, ready=2, desired=3), replicas=3, updated=3, complete=False)
     state, _ = step(State(Phase.READY, "Ready", "", NEW), obs(rollout=partial))
     assert state.phase is Phase.PROGRESSING
+
+
+def test_a_build_pod_that_cannot_start_is_reported_while_building() -> None:
+    stuck = BuildObservation(
+        BuildState.RUNNING,
+        TARGET.job_name,
+        reason="BuildUnschedulable",
+        message="builder pod b-1 cannot be scheduled: 0/1 nodes are available",
+    )
+    state, actions = step(State(Phase.BUILDING, "Building"), obs(build=stuck))
+    assert state.phase is Phase.BUILDING  # it may still start (a new node, freed capacity)
+    assert state.reason == "BuildUnschedulable"
+    assert "cannot be scheduled" in state.message
+    assert StartBuild not in kinds(actions)
+    assert [(a.type, a.reason) for a in actions if isinstance(a, Emit)] == [
+        ("Warning", "BuildUnschedulable")
+    ]
