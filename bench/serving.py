@@ -33,7 +33,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -265,11 +265,11 @@ if __name__ == "__main__":
 class Server:
     name: str
     start: Callable[[Path, int, Path], subprocess.Popen[bytes]]
-    batching: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def ours(batching: bool) -> Callable[[Path, int, Path], subprocess.Popen[bytes]]:
+def ours(batch_delay_ms: float | None) -> Callable[[Path, int, Path], subprocess.Popen[bytes]]:
+    """Our server; batching (at most 32, this window) unless ``batch_delay_ms`` is None."""
+
     def start(model: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
         model_dir = work / f"ours-{hashlib.sha256(str(model).encode()).hexdigest()[:8]}"
         model_dir.mkdir(exist_ok=True)
@@ -296,16 +296,18 @@ def ours(batching: bool) -> Callable[[Path, int, Path], subprocess.Popen[bytes]]
             "--log-level",
             "warning",
         ]
-        if batching:
-            args += ["--max-batch-size", "32", "--max-delay-ms", str(BATCH_DELAY_MS)]
+        if batch_delay_ms is not None:
+            args += ["--max-batch-size", "32", "--max-delay-ms", str(batch_delay_ms)]
         return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
     return start
 
 
-def mlserver(peer_python: Path, batching: bool) -> Callable[..., subprocess.Popen[bytes]]:
+def mlserver(
+    peer_python: Path, batch_delay_ms: float | None
+) -> Callable[..., subprocess.Popen[bytes]]:
     def start(model: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
-        root = work / ("mlserver-batch" if batching else "mlserver")
+        root = work / ("mlserver" if batch_delay_ms is None else "mlserver-batch")
         (root / "model").mkdir(parents=True, exist_ok=True)
         (root / "peer_runtime.py").write_text(MLSERVER_RUNTIME.format(threads=THREADS))
         settings = {
@@ -321,8 +323,8 @@ def mlserver(peer_python: Path, batching: bool) -> Callable[..., subprocess.Pope
             "implementation": "peer_runtime.OnnxModel",
             "parameters": {"uri": str(model)},
         }
-        if batching:
-            model_settings.update({"max_batch_size": 32, "max_batch_time": BATCH_DELAY_MS / 1000})
+        if batch_delay_ms is not None:
+            model_settings.update({"max_batch_size": 32, "max_batch_time": batch_delay_ms / 1000})
         (root / "model" / "model-settings.json").write_text(json.dumps(model_settings))
         mlserver_bin = peer_python.parent / "mlserver"
         return subprocess.Popen(
@@ -487,7 +489,6 @@ def summarize(runs: list[Any]) -> dict[str, float]:
 
 
 def main() -> int:
-    global BATCH_DELAY_MS  # read by the server launchers below
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
@@ -507,7 +508,7 @@ def main() -> int:
     parser.add_argument("--servers", default="ours,ours-batch,mlserver,mlserver-batch,kserve")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/serving.json")
     args = parser.parse_args()
-    BATCH_DELAY_MS = args.batch_delay_ms
+    delay = args.batch_delay_ms
 
     work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     mlp_path, mlp_row = digits_mlp(work / "digits.onnx")
@@ -519,10 +520,10 @@ def main() -> int:
         "mlp": Case("mlp", mlp_path, {"input": mlp_row}, {"input": np.repeat(mlp_row, 32, 0)}),
     }
     servers = {
-        "ours": Server("ours", ours(False)),
-        "ours-batch": Server("ours-batch", ours(True), batching=True),
-        "mlserver": Server("mlserver", mlserver(args.mlserver_python, False)),
-        "mlserver-batch": Server("mlserver-batch", mlserver(args.mlserver_python, True), True),
+        "ours": Server("ours", ours(None)),
+        "ours-batch": Server("ours-batch", ours(delay)),
+        "mlserver": Server("mlserver", mlserver(args.mlserver_python, None)),
+        "mlserver-batch": Server("mlserver-batch", mlserver(args.mlserver_python, delay)),
         "kserve": Server("kserve", kserve(args.kserve_python)),
     }
     chosen_cases = [cases[c] for c in args.models.split(",")]

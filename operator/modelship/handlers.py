@@ -37,11 +37,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10]
     config = Settings()
-    # python -m modelship serves the metrics from before the election; a bare kopf run does not.
-    metrics: OperatorMetrics = memo.get("metrics") or OperatorMetrics()
-    if "metrics" not in memo:
-        metrics.serve(config.metrics_port)
-        metrics.leader.set(1)
+    # Created and served by python -m modelship before the leader election.
+    metrics: OperatorMetrics = memo["metrics"]
     api_client = new_api_client(pool_size=config.concurrency + 2)
     reconciler = Reconciler(Kube(api_client, metrics.count_request), config, metrics)
     controller = Controller(reconciler.reconcile, config.concurrency, metrics)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelship.api.v1alpha1 import Phase
-from modelship.observation import Artifact, BuildState, Observation
+from modelship.observation import STUCK_BUILD_REASONS, Artifact, BuildState, Observation
 
 # --- actions -------------------------------------------------------------------------------
 
@@ -157,10 +157,6 @@ def _next(obs: Observation) -> tuple[State, list[Action]]:
         f"{rollout.updated}/{rollout.desired} pods updated, {rollout.ready} ready",
         artifact,
     ), actions
-
-
-STUCK_BUILD_REASONS = frozenset({"BuildUnschedulable", "BuildPodWaiting"})
-"""Reasons observation.parse_build gives a running build whose pod cannot start."""
 
 
 def _events(before: State, after: State, actions: list[Action], obs: Observation) -> list[Emit]:

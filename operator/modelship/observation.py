@@ -243,6 +243,9 @@ def parse_build(
     return BuildObservation(BuildState.RUNNING, name, owned=owned)
 
 
+STUCK_BUILD_REASONS = frozenset({"BuildUnschedulable", "BuildPodWaiting"})
+"""The reasons a running build gets when its pod cannot start (see _stuck_builder)."""
+
 _STUCK_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",
                   "CreateContainerConfigError"}  # fmt: skip
 

@@ -177,25 +177,23 @@ def test_serving_init_container_downloads_the_artifact_from_s3(
         "AWS_ACCESS_KEY_ID": s3_server.access_key,
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
     }
-    run = subprocess.run(
-        [sys.executable, "-m", "modelship_runtime", *args],
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)} | env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env |= {"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def fetch(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modelship_runtime", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    run = fetch(args)
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in model_dir.iterdir()) == ["manifest.json", "model.onnx"]
     assert file_sha256(model_dir / "model.onnx") == built.manifest.model_sha256
 
-    missing = [a if a != built.digest else "sha256:" + "0" * 64 for a in args]
-    run = subprocess.run(
-        [sys.executable, "-m", "modelship_runtime", *missing],
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)} | env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = fetch([a if a != built.digest else "sha256:" + "0" * 64 for a in args])
     assert run.returncode == 1
     assert "download failed" in run.stderr
     assert "0" * 64 in run.stderr, run.stderr

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +54,11 @@ class Partitionable(OperatorKube):
 
 
 @pytest.fixture
-def elector(kube_api: Any, namespace: str) -> Callable[..., LeaderElector]:
+def elector(kube_api: Any, namespace: str) -> Iterator[Callable[..., LeaderElector]]:
     made: list[LeaderElector] = []
 
-    def make(identity: str, clock: Callable[[], float] | None = None) -> LeaderElector:
-        kube = Partitionable(kube_api)
-        e = LeaderElector(
-            kube, namespace, LEASE, identity, FAST, **({"clock": clock} if clock else {})
-        )
+    def make(identity: str, clock: Callable[[], float] = time.monotonic) -> LeaderElector:
+        e = LeaderElector(Partitionable(kube_api), namespace, LEASE, identity, FAST, clock)
         made.append(e)
         return e
 
