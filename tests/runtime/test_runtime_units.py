@@ -26,8 +26,12 @@ def test_json_decoding_is_strict() -> None:
     assert tensor.data.dtype == np.int64
     assert tensor.data.tolist() == [[1, 2], [3, 4]]
     assert from_json("x", "FP32", [3], [1, 2.5, True]).data.dtype == np.float32
+    extremes = [-(2**63), 2**63 - 1]
+    assert from_json("x", "INT64", [2], extremes).data.tolist() == extremes
     cases = [
         ("UINT8", [2], [1, 300], "values must lie in [0, 255] for UINT8"),
+        ("INT32", [2], [1, 2**31], "values must lie in [-2147483648, 2147483647] for INT32"),
+        ("INT64", [2], [1, -(2**64)], "datatype INT64 needs integer values"),
         ("INT32", [1], [1.5], "datatype INT32 needs integer values, got floating-point numbers"),
         ("BOOL", [1], [1], "datatype BOOL needs true/false values, got integers"),
         ("FP32", [2], [1, "2"], "datatype FP32 needs numbers, got strings"),

@@ -149,6 +149,8 @@ def _check_kind(
             raise invalid(
                 f"input '{name}': datatype {datatype} needs integer values, got {kind_name(kind)}"
             )
+        if array.dtype == dtype:
+            return  # already held exactly in the model's dtype: nothing can be out of range
         info = np.iinfo(dtype)
         low, high = array.min(), array.max()
         if low < info.min or high > info.max:
