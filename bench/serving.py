@@ -483,11 +483,6 @@ def measure(server: Server, case: Case, work: Path, seconds: float) -> dict[int,
         stop(proc)
 
 
-def summarize(runs: list[Any]) -> dict[str, float]:
-    values = [float(r) for r in runs]
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -533,41 +528,99 @@ def main() -> int:
     for repeat in range(args.repeats):
         print(f"== repeat {repeat + 1}/{args.repeats}", flush=True)
         for case in chosen_cases:
-            lim = limit(case, min(args.duration, 2))
-            raw["limit"].setdefault(case.name, []).append(lim)
-            print(
-                f"    {'limit':16s} {case.name:10s} batch1 {lim['batch1']['items_per_s']:8.1f} "
-                f"items/s  batch32 {lim['batch32']['items_per_s']:8.1f} items/s",
-                flush=True,
-            )
+            before = limit(case, min(args.duration, 2))
+            _print_limit("limit", case, before)
+            results: dict[str, Any] = {}
             for server in chosen_servers:
                 try:
-                    result = measure(server, case, work, args.duration)
+                    results[server.name] = measure(server, case, work, args.duration)
                 except (RuntimeError, subprocess.CalledProcessError) as exc:
                     print(f"    {server.name}: {exc}", flush=True)
-                    continue
-                raw["servers"].setdefault(case.name, {}).setdefault(server.name, []).append(result)
+                    results[server.name] = None
+            after = limit(case, min(args.duration, 2))
+            _print_limit("limit (after)", case, after)
+            raw["limit"].setdefault(case.name, []).append(_mean_limit(before, after))
+            for name, result in results.items():
+                raw["servers"].setdefault(case.name, {}).setdefault(name, []).append(result)
 
-    summary: dict[str, Any] = {}
-    for case in chosen_cases:
-        limits = raw["limit"][case.name]
-        entry: dict[str, Any] = {
-            "limit_batch1": summarize([r["batch1"]["items_per_s"] for r in limits]),
-            "limit_batch32": summarize([r["batch32"]["items_per_s"] for r in limits]),
-            "limit_batch1_p50_ms": summarize([r["batch1"]["p50_ms"] for r in limits]),
-        }
-        for name, runs in raw["servers"].get(case.name, {}).items():
-            for concurrency in CONCURRENCY:
-                key = f"{name}@{concurrency}"
-                entry[key] = {
-                    metric: summarize([run[concurrency][metric] for run in runs])
-                    for metric in ("req_per_s", "p50_ms", "p99_ms", "cpu_s_per_req", "errors")
-                }
-        summary[case.name] = entry
+    summary = {case.name: summarize_case(raw, case.name) for case in chosen_cases}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "raw": raw}, indent=1))
     print(report(summary))
+    print(check_targets(summary))
     return 0
+
+
+def _print_limit(label: str, case: Case, lim: dict[str, Any]) -> None:
+    print(
+        f"    {label:16s} {case.name:10s} batch1 {lim['batch1']['items_per_s']:8.1f} "
+        f"items/s  batch32 {lim['batch32']['items_per_s']:8.1f} items/s",
+        flush=True,
+    )
+
+
+def _mean_limit(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The limit of one repeat: measured before and after its servers, averaged (the machine's
+    speed drifts over minutes; this cancels a linear drift)."""
+    return {
+        label: {
+            "items_per_s": (before[label]["items_per_s"] + after[label]["items_per_s"]) / 2,
+            "p50_ms": (before[label]["p50_ms"] + after[label]["p50_ms"]) / 2,
+            "before": before[label],
+            "after": after[label],
+        }
+        for label in ("batch1", "batch32")
+    }
+
+
+PEERS = ("mlserver", "mlserver-batch", "kserve")
+
+
+def summarize_case(raw: dict[str, Any], case: str) -> dict[str, Any]:
+    """Medians and spreads; ratios are taken within each repeat (server vs the limit and the
+    best peer of the same repeat), then summarised, so machine drift between repeats cancels."""
+    limits = raw["limit"][case]
+    servers: dict[str, list[Any]] = raw["servers"].get(case, {})
+    entry: dict[str, Any] = {
+        "limit_batch1": summarize([r["batch1"]["items_per_s"] for r in limits]),
+        "limit_batch32": summarize([r["batch32"]["items_per_s"] for r in limits]),
+        "limit_batch1_p50_ms": summarize([r["batch1"]["p50_ms"] for r in limits]),
+    }
+    for name, runs in servers.items():
+        for concurrency in CONCURRENCY:
+            done = [(i, run[concurrency]) for i, run in enumerate(runs) if run is not None]
+            if not done:
+                continue
+            figures: dict[str, Any] = {
+                metric: summarize([fig[metric] for _, fig in done])
+                for metric in ("req_per_s", "p50_ms", "p99_ms", "cpu_s_per_req", "errors")
+            }
+            for label in ("batch1", "batch32"):
+                figures[f"vs_{label}"] = summarize(
+                    [fig["req_per_s"] / limits[i][label]["items_per_s"] for i, fig in done]
+                )
+            peer_ratios = []
+            for i, fig in done:
+                peers = [
+                    runs_[i][concurrency]["req_per_s"]
+                    for peer, runs_ in servers.items()
+                    if peer in PEERS and runs_[i] is not None
+                ]
+                if peers:
+                    peer_ratios.append(fig["req_per_s"] / max(peers))
+            if peer_ratios and name not in PEERS:
+                figures["vs_best_peer"] = summarize(peer_ratios)
+            entry[f"{name}@{concurrency}"] = figures
+    return entry
+
+
+def summarize(runs: list[Any]) -> dict[str, float]:
+    values = [float(r) for r in runs]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _spread(figure: dict[str, float], fmt: str) -> str:
+    return f"{figure['median']:{fmt}} ({figure['min']:{fmt}}-{figure['max']:{fmt}})"
 
 
 def report(summary: dict[str, Any]) -> str:
@@ -577,23 +630,52 @@ def report(summary: dict[str, Any]) -> str:
         b32 = entry["limit_batch32"]["median"]
         lines.append(f"\n### {case}: limit {b1:.0f} items/s at batch 1, {b32:.0f} at batch 32\n")
         lines.append(
-            "| server | c | req/s (min-max) | vs limit b1 | vs limit b32 | p50 ms | "
-            "p99 ms (min-max) | CPU ms/req |"
+            "| server | c | req/s (min-max) | vs limit b1 | vs limit b32 | x best peer | "
+            "p50 ms | p99 ms (min-max) | CPU ms/req |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for key, figures in entry.items():
             if "@" not in key:
                 continue
             name, concurrency = key.split("@")
-            rps = figures["req_per_s"]
+            peer = figures.get("vs_best_peer")
             lines.append(
-                f"| {name} | {concurrency} | {rps['median']:.0f} "
-                f"({rps['min']:.0f}-{rps['max']:.0f}) | {rps['median'] / b1:.2f} | "
-                f"{rps['median'] / b32:.2f} | "
-                f"{figures['p50_ms']['median']:.2f} | {figures['p99_ms']['median']:.1f} "
-                f"({figures['p99_ms']['min']:.1f}-{figures['p99_ms']['max']:.1f}) | "
+                f"| {name} | {concurrency} | {_spread(figures['req_per_s'], '.0f')} | "
+                f"{_spread(figures['vs_batch1'], '.2f')} | "
+                f"{_spread(figures['vs_batch32'], '.2f')} | "
+                f"{_spread(peer, '.2f') if peer else '-'} | "
+                f"{figures['p50_ms']['median']:.2f} | {_spread(figures['p99_ms'], '.1f')} | "
                 f"{1000 * figures['cpu_s_per_req']['median']:.2f} |"
             )
+    return "\n".join(lines)
+
+
+TARGETS: list[tuple[str, str, str, str, float]] = [
+    # (case, server@concurrency, figure, comparison, bound): the issue's serving targets
+    ("minilm128", "ours@1", "vs_batch1", ">=", 0.95),
+    ("minilm128", "ours@8", "vs_batch1", ">=", 0.95),
+    ("minilm16", "ours-batch@32", "vs_batch32", ">=", 0.90),
+    ("minilm16", "ours-batch@32", "vs_best_peer", ">=", 1.4),
+    ("minilm16", "ours-batch@32", "p99_ms", "<=", 100.0),
+    ("minilm16", "ours-batch@1", "vs_batch1", ">=", 0.90),
+    ("minilm16", "ours@1", "vs_batch1", ">=", 0.90),
+    ("mlp", "ours@32", "vs_best_peer", ">=", 3.0),
+]
+
+
+def check_targets(summary: dict[str, Any]) -> str:
+    """One line per target: the median over repeats against the bound, with the spread."""
+    lines = ["\n### Targets (median of per-repeat figures)\n", "| target | result | met |"]
+    lines.append("|---|---|---|")
+    for case, key, figure, comparison, bound in TARGETS:
+        value = summary.get(case, {}).get(key, {}).get(figure)
+        if value is None:
+            continue
+        met = value["median"] >= bound if comparison == ">=" else value["median"] <= bound
+        lines.append(
+            f"| {case} {key} {figure} {comparison} {bound:g} | {_spread(value, '.2f')} | "
+            f"{'yes' if met else 'no'} |"
+        )
     return "\n".join(lines)
 
 
