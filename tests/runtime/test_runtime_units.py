@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import modelfactory
 import numpy as np
@@ -15,9 +17,12 @@ from modelship.api.artifact import TensorStats
 from modelship_runtime.serve.batching import BatchingPredictor
 from modelship_runtime.serve.cli import parse_settings
 from modelship_runtime.serve.cpu import cgroup_cpu_limit, default_threads
+from modelship_runtime.serve.dataplane import DataPlane, ServedModel
 from modelship_runtime.serve.errors import ErrorKind, InferenceError
+from modelship_runtime.serve.http_server import HttpServer
 from modelship_runtime.serve.metrics import DriftMonitor, RequestMetrics
-from modelship_runtime.serve.model import OnnxModel, SessionConfig
+from modelship_runtime.serve.model import DirectPredictor, OnnxModel, SessionConfig
+from modelship_runtime.serve.rest import RestApp
 from modelship_runtime.serve.tensors import from_bytes, from_json, to_bytes
 
 
@@ -188,3 +193,104 @@ def test_batcher_dispatches_a_steady_group_once_all_are_in(tmp_path: Path) -> No
     rows = registry.get_sample_value("modelship_batch_size_sum", {"model": "m"})
     assert (batches, rows) == (4, 32), "every round of the eight clients is one batch"
     assert elapsed < 2.0, f"a batch waited out max_delay ({elapsed:.1f}s for 4 rounds)"
+
+
+def test_a_request_alone_in_the_server_runs_on_the_loop_thread(tmp_path: Path) -> None:
+    """With ``alone`` true the call skips the worker thread (direct and batched); else it hops."""
+    model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
+    threads: list[int] = []
+    original = model.predict
+
+    def recording(feeds: Any, output_names: Any = None) -> Any:
+        threads.append(threading.get_ident())
+        return original(feeds, output_names)
+
+    model.predict = recording  # type: ignore[method-assign]
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry, "m")
+    feeds = {"ids": np.ones((1, 3), dtype=np.int64)}
+    alone = [True]
+
+    async def run() -> None:
+        direct = DirectPredictor(model, alone=lambda: alone[0])
+        batcher = BatchingPredictor(model, max_batch_size=8, max_delay_ms=1, metrics=metrics)
+        batcher.alone = lambda: alone[0]
+        batcher.start()
+        try:
+            for predictor in (direct, batcher):
+                for alone[0] in (True, False):
+                    outputs = await predictor.predict(feeds, None)
+                    np.testing.assert_array_equal(outputs[0], original(feeds)[0])
+        finally:
+            await direct.close()
+            await batcher.close()
+
+    asyncio.run(run())
+    main = threading.get_ident()
+    assert [t == main for t in threads] == [True, False, True, False]
+    batches = registry.get_sample_value("modelship_batch_size_count", {"model": "m"})
+    assert batches == 2, "the batch of one run on the loop thread is counted like any other"
+
+
+def test_http_server_counts_unanswered_requests(tmp_path: Path) -> None:
+    """Pipelined requests count until answered; a client that leaves takes its count along."""
+    model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
+
+    class Gate:
+        """A predictor that holds every call until opened, and says when one has arrived."""
+
+        def __init__(self) -> None:
+            self.open = asyncio.Event()
+            self.entered = asyncio.Event()
+
+        async def predict(self, feeds: Any, output_names: Any) -> Any:
+            self.entered.set()
+            await self.open.wait()
+            return model.predict(feeds, output_names)
+
+        async def close(self) -> None:
+            return None
+
+    body = b'{"inputs":[{"name":"ids","shape":[1,3],"datatype":"INT64","data":[1,2,3]}]}'
+    request = (
+        b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+    async def run() -> None:
+        gate = Gate()
+        plane = DataPlane(ServedModel("m", "1", model.inputs, model.outputs, gate))
+        plane.serving = plane.ready = True
+        server = HttpServer(RestApp(plane, None, 1 << 20))
+        await server.start("127.0.0.1", 0)
+        assert server._server is not None
+        port = server._server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request * 3)  # pipelined: answered in order, one at a time
+        await gate.entered.wait()
+        assert server.unanswered == 3
+        gate.open.set()
+        for _ in range(3):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        assert server.unanswered == 0
+
+        gate.open.clear()
+        gate.entered.clear()
+        writer.write(request * 2)
+        await gate.entered.wait()
+        (connection,) = server.connections
+        worker = connection.worker
+        assert worker is not None
+        assert server.unanswered == 2
+        writer.close()  # leave with both requests unanswered
+        await writer.wait_closed()
+        gate.open.set()
+        await worker
+        assert server.unanswered == 0
+        await server.stop(1)
+
+    asyncio.run(run())

@@ -180,6 +180,16 @@ async def serve(settings: ServeSettings) -> int:
             latency_ms = await warm
             if direct is not None:
                 direct.inline = latency_ms < settings.inline_threshold_ms
+            if isinstance(rest, HttpServer) and latency_ms < settings.inline_alone_threshold_ms:
+                http = rest
+
+                def alone() -> bool:
+                    return http.unanswered <= 1 and plane.in_flight <= 1
+
+                if direct is not None:
+                    direct.alone = alone
+                if batcher is not None:
+                    batcher.alone = alone
             plane.serving = plane.ready = True
             log.info(
                 "ready: model '%s' v%s, %d intra-op threads, warm-up median %.2f ms (%s), "

@@ -132,6 +132,7 @@ class _Connection(asyncio.Protocol):
         )  # fmt: skip
         self._reset()
         self.pending.append(request)
+        self.server.unanswered += 1
         if self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._answer())
 
@@ -141,11 +142,14 @@ class _Connection(asyncio.Protocol):
         try:
             while self.pending and self.transport is not None:
                 request = self.pending.popleft()
-                reply = await self.app.handle(
-                    request.method, request.path, request.headers, request.read_body
-                )
-                keep_alive = request.keep_alive and not self.server.closing
-                self._write(reply, keep_alive, request.head)
+                try:
+                    reply = await self.app.handle(
+                        request.method, request.path, request.headers, request.read_body
+                    )
+                    keep_alive = request.keep_alive and not self.server.closing
+                    self._write(reply, keep_alive, request.head)
+                finally:
+                    self.server.unanswered -= 1
                 if not keep_alive:
                     if self.transport is not None:
                         self.transport.close()
@@ -155,6 +159,8 @@ class _Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
         finally:
+            self.server.unanswered -= len(self.pending)  # the client left before its answers
+            self.pending.clear()
             self.worker = None
             self._arm_idle_timer()
 
@@ -204,6 +210,8 @@ class HttpServer:
         self.app = app
         self.keep_alive_s = keep_alive_s
         self.connections: set[_Connection] = set()
+        self.unanswered = 0
+        """Requests received in full and not yet answered, over all connections."""
         self.closing = False
         self._server: asyncio.Server | None = None
 
