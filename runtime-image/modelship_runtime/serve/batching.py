@@ -31,7 +31,7 @@ import numpy as np
 
 from modelship_runtime.serve.errors import ErrorKind, InferenceError
 from modelship_runtime.serve.metrics import RequestMetrics
-from modelship_runtime.serve.model import Alone, Feeds, OnnxModel, Outputs
+from modelship_runtime.serve.model import Feeds, OnnxModel, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,6 @@ class BatchingPredictor:
         self._output_index = {name: i for i, name in enumerate(model.output_names)}
         self._active = 0
         self._recent_batches: deque[int] = deque([1], maxlen=RECENT_BATCHES)
-        self.alone: Alone | None = None
-        """Set by the server: a request alone in the server runs at once on the loop thread (a
-        batch of one either way), skipping the queue and the thread hop."""
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
@@ -85,11 +82,6 @@ class BatchingPredictor:
         rows = int(first.shape[0]) if first.ndim else 1
         if rows > self.max_batch_size or rows == 0:
             outputs = await loop.run_in_executor(self._executor, self.model.predict, feeds, None)
-        elif self._active == 0 and self.alone is not None and self.alone():
-            if self.metrics is not None:
-                self.metrics.observe_batch(rows, [0.0])
-            self._recent_batches.append(1)
-            outputs = self.model.predict(feeds, None)
         else:
             key = tuple((name, a.shape[1:], a.dtype.str) for name, a in feeds.items())
             future: asyncio.Future[Outputs] = loop.create_future()
