@@ -440,16 +440,12 @@ def test_spec_changes_update_what_they_touch_and_a_new_digest_rolls(
         lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 1, "generation 1"
     )
 
+    def hpa_max_replicas() -> int | None:
+        hpa = kube.get(kube.autoscaling.read_namespaced_horizontal_pod_autoscaler, "up")
+        return None if hpa is None else int(hpa.spec.max_replicas)
+
     kube.apply_mdep("up", model_spec(scaling={"maxReplicas": 9}))
-    wait_for(
-        lambda: (
-            kube.autoscaling.read_namespaced_horizontal_pod_autoscaler(
-                "up", kube.ns
-            ).spec.max_replicas
-            == 9
-        ),
-        "the HPA to follow maxReplicas",
-    )
+    wait_for(lambda: hpa_max_replicas() == 9, "the HPA to follow maxReplicas")
     wait_for(
         lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 2, "generation 2"
     )
