@@ -223,34 +223,45 @@ def test_a_request_alone_in_the_server_runs_on_the_loop_thread(tmp_path: Path) -
     assert [t == main for t in threads] == [True, False, True]
 
 
+class _Gate:
+    """A predictor that holds every call until opened, and says when one has arrived."""
+
+    def __init__(self, model: OnnxModel) -> None:
+        self.model = model
+        self.open = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def predict(self, feeds: Any, output_names: Any) -> Any:
+        self.entered.set()
+        await self.open.wait()
+        return self.model.predict(feeds, output_names)
+
+    async def close(self) -> None:
+        return None
+
+
+_BODY = b'{"inputs":[{"name":"ids","shape":[1,3],"datatype":"INT64","data":[1,2,3]}]}'
+_REQUEST = (
+    b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    + f"content-length: {len(_BODY)}\r\n\r\n".encode()
+    + _BODY
+)
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+
+
 def test_http_server_counts_unanswered_requests(tmp_path: Path) -> None:
     """Pipelined requests count until answered; a client that leaves takes its count along."""
     model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
-
-    class Gate:
-        """A predictor that holds every call until opened, and says when one has arrived."""
-
-        def __init__(self) -> None:
-            self.open = asyncio.Event()
-            self.entered = asyncio.Event()
-
-        async def predict(self, feeds: Any, output_names: Any) -> Any:
-            self.entered.set()
-            await self.open.wait()
-            return model.predict(feeds, output_names)
-
-        async def close(self) -> None:
-            return None
-
-    body = b'{"inputs":[{"name":"ids","shape":[1,3],"datatype":"INT64","data":[1,2,3]}]}'
-    request = (
-        b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        + f"content-length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    request = _REQUEST
 
     async def run() -> None:
-        gate = Gate()
+        gate = _Gate(model)
         plane = DataPlane(ServedModel("m", "1", model.inputs, model.outputs, gate))
         plane.serving = plane.ready = True
         server = HttpServer(RestApp(plane, None, 1 << 20))
@@ -263,10 +274,7 @@ def test_http_server_counts_unanswered_requests(tmp_path: Path) -> None:
         assert server.unanswered == 3
         gate.open.set()
         for _ in range(3):
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200"), head
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
+            await _read_reply(reader)
         assert server.unanswered == 0
 
         gate.open.clear()
@@ -282,6 +290,47 @@ def test_http_server_counts_unanswered_requests(tmp_path: Path) -> None:
         gate.open.set()
         await worker
         assert server.unanswered == 0
+        await server.stop(1)
+
+    asyncio.run(run())
+
+
+def test_http_server_is_not_alone_with_another_connection_open(tmp_path: Path) -> None:
+    """One request on the only connection is alone; another open connection means it is not.
+
+    Requests unread in another connection's socket buffer are invisible to the count of
+    unanswered requests, so a second connection must be enough to say "not alone".
+    """
+    model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
+
+    async def run() -> None:
+        gate = _Gate(model)
+        plane = DataPlane(ServedModel("m", "1", model.inputs, model.outputs, gate))
+        plane.serving = plane.ready = True
+        server = HttpServer(RestApp(plane, None, 1 << 20))
+        await server.start("127.0.0.1", 0)
+        assert server._server is not None
+        port = server._server.sockets[0].getsockname()[1]
+        first_reader, first = await asyncio.open_connection("127.0.0.1", port)
+        first.write(_REQUEST)
+        await gate.entered.wait()
+        assert (server.unanswered, server.alone()) == (1, True)
+        gate.open.set()
+        await _read_reply(first_reader)
+
+        second_reader, second = await asyncio.open_connection("127.0.0.1", port)
+        second.write(_REQUEST)  # answered, so the second connection is known and idle
+        await _read_reply(second_reader)
+        gate.open.clear()
+        gate.entered.clear()
+        first.write(_REQUEST)
+        await gate.entered.wait()
+        assert (server.unanswered, server.alone()) == (1, False)
+        gate.open.set()
+        await _read_reply(first_reader)
+        for writer in (first, second):
+            writer.close()
+            await writer.wait_closed()
         await server.stop(1)
 
     asyncio.run(run())

@@ -188,7 +188,7 @@ async def serve(settings: ServeSettings) -> int:
                 http = rest
 
                 def alone() -> bool:
-                    return http.unanswered <= 1 and plane.in_flight <= 1
+                    return http.alone() and plane.in_flight <= 1
 
                 # Not for the batcher: a fast model run at once on arrival would finish before
                 # the next client's request is read, and concurrent requests would never merge.
