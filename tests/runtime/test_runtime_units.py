@@ -248,6 +248,17 @@ _REQUEST = (
 )
 
 
+async def _gated_server(model: OnnxModel) -> tuple[_Gate, HttpServer, int]:
+    """A started HTTP server on a free port whose model calls wait at a gate."""
+    gate = _Gate(model)
+    plane = DataPlane(ServedModel("m", "1", model.inputs, model.outputs, gate))
+    plane.serving = plane.ready = True
+    server = HttpServer(RestApp(plane, None, 1 << 20))
+    await server.start("127.0.0.1", 0)
+    assert server._server is not None
+    return gate, server, server._server.sockets[0].getsockname()[1]
+
+
 async def _read_reply(reader: asyncio.StreamReader) -> None:
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
@@ -261,13 +272,7 @@ def test_http_server_counts_unanswered_requests(tmp_path: Path) -> None:
     request = _REQUEST
 
     async def run() -> None:
-        gate = _Gate(model)
-        plane = DataPlane(ServedModel("m", "1", model.inputs, model.outputs, gate))
-        plane.serving = plane.ready = True
-        server = HttpServer(RestApp(plane, None, 1 << 20))
-        await server.start("127.0.0.1", 0)
-        assert server._server is not None
-        port = server._server.sockets[0].getsockname()[1]
+        gate, server, port = await _gated_server(model)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request * 3)  # pipelined: answered in order, one at a time
         await gate.entered.wait()
@@ -304,13 +309,7 @@ def test_http_server_is_not_alone_with_another_connection_open(tmp_path: Path) -
     model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
 
     async def run() -> None:
-        gate = _Gate(model)
-        plane = DataPlane(ServedModel("m", "1", model.inputs, model.outputs, gate))
-        plane.serving = plane.ready = True
-        server = HttpServer(RestApp(plane, None, 1 << 20))
-        await server.start("127.0.0.1", 0)
-        assert server._server is not None
-        port = server._server.sockets[0].getsockname()[1]
+        gate, server, port = await _gated_server(model)
         first_reader, first = await asyncio.open_connection("127.0.0.1", port)
         first.write(_REQUEST)
         await gate.entered.wait()
