@@ -195,6 +195,45 @@ def test_batcher_dispatches_a_steady_group_once_all_are_in(tmp_path: Path) -> No
     assert elapsed < 2.0, f"a batch waited out max_delay ({elapsed:.1f}s for 4 rounds)"
 
 
+def test_batcher_regroups_clients_that_fell_into_two_half_batches(tmp_path: Path) -> None:
+    """32 closed-loop clients that start as two groups of 16 end up in batches of 32.
+
+    The second group piles up while the first group's batch runs, longer than max_delay. If the
+    window counted from enqueue time, that pile would leave at once as a batch of 16, the first
+    group would pile up behind it, and the server would run half batches for good.
+    """
+    model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
+    original = model.predict
+    sizes: list[int] = []
+    started = threading.Event()
+
+    def slow(feeds: Any, output_names: Any = None) -> Any:
+        sizes.append(len(feeds["ids"]))
+        started.set()
+        time.sleep(0.1)  # the model's compute time, several times max_delay
+        return original(feeds, output_names)
+
+    model.predict = slow  # type: ignore[method-assign]
+
+    async def client(batcher: BatchingPredictor, i: int) -> None:
+        for _ in range(6):
+            outputs = await batcher.predict({"ids": np.full((1, 3), i, dtype=np.int64)}, None)
+            assert outputs[0].shape[0] == 1
+
+    async def run() -> None:
+        batcher = BatchingPredictor(model, max_batch_size=32, max_delay_ms=20)
+        batcher.start()
+        try:
+            first = [asyncio.ensure_future(client(batcher, i)) for i in range(16)]
+            await asyncio.get_running_loop().run_in_executor(None, started.wait)
+            await asyncio.gather(*first, *(client(batcher, i) for i in range(16, 32)))
+        finally:
+            await batcher.close()
+
+    asyncio.run(run())
+    assert sizes == [16, 32, 32, 32, 32, 32, 16], sizes
+
+
 def test_a_request_alone_in_the_server_runs_on_the_loop_thread(tmp_path: Path) -> None:
     """With ``alone`` true the call skips the worker thread; otherwise it takes the hop."""
     model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
