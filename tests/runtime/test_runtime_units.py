@@ -234,8 +234,12 @@ def test_batcher_regroups_clients_that_fell_into_two_half_batches(tmp_path: Path
     assert sizes == [16, 32, 32, 32, 32, 32, 16], sizes
 
 
-def test_a_request_alone_in_the_server_runs_on_the_loop_thread(tmp_path: Path) -> None:
-    """With ``alone`` true the call skips the worker thread; otherwise it takes the hop."""
+@pytest.mark.parametrize("batching", [False, True], ids=["direct", "batching"])
+def test_a_request_alone_in_the_server_runs_on_the_loop_thread(
+    tmp_path: Path, batching: bool
+) -> None:
+    """With ``alone`` true the call skips the worker thread (and the batch queue); otherwise it
+    takes the hop."""
     model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
     threads: list[int] = []
     original = model.predict
@@ -249,13 +253,18 @@ def test_a_request_alone_in_the_server_runs_on_the_loop_thread(tmp_path: Path) -
     alone = [True]
 
     async def run() -> None:
-        direct = DirectPredictor(model, alone=lambda: alone[0])
+        predictor: DirectPredictor | BatchingPredictor
+        if batching:
+            predictor = BatchingPredictor(model, 8, 1000, alone=lambda: alone[0])
+            predictor.start()
+        else:
+            predictor = DirectPredictor(model, alone=lambda: alone[0])
         try:
             for alone[0] in (True, False, True):
-                outputs = await direct.predict(feeds, None)
+                outputs = await predictor.predict(feeds, None)
                 np.testing.assert_array_equal(outputs[0], original(feeds)[0])
         finally:
-            await direct.close()
+            await predictor.close()
 
     asyncio.run(run())
     main = threading.get_ident()

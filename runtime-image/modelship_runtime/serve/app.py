@@ -180,19 +180,16 @@ async def serve(settings: ServeSettings) -> int:
             latency_ms = await warm
             if direct is not None:
                 direct.inline = latency_ms < settings.inline_threshold_ms
-            if (
-                direct is not None
-                and isinstance(rest, HttpServer)
-                and latency_ms < settings.inline_alone_threshold_ms
-            ):
+            if isinstance(rest, HttpServer) and latency_ms < settings.inline_alone_threshold_ms:
                 http = rest
 
                 def alone() -> bool:
                     return http.alone() and plane.in_flight <= 1
 
-                # Not for the batcher: a fast model run at once on arrival would finish before
-                # the next client's request is read, and concurrent requests would never merge.
-                direct.alone = alone
+                if direct is not None:
+                    direct.alone = alone
+                elif batcher is not None:
+                    batcher.alone = alone
             plane.serving = plane.ready = True
             log.info(
                 "ready: model '%s' v%s, %d intra-op threads, warm-up median %.2f ms (%s), "
