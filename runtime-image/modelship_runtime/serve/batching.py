@@ -12,8 +12,8 @@ wait ``max_delay`` for company that is not coming, and eight clients are not mad
 ninth: their batch leaves as soon as the eight are in. Counting from when the model is free,
 not from enqueue time, matters for closed-loop clients: with 32 clients and batches of 32, a
 batch of 16 that piled up behind a running batch of 16 would otherwise leave at once, the other
-16 would pile up behind it, and the server would stay in smaller batches for good (here 2 x 16
-runs at ~0.86 of the batch-32 throughput and costs more CPU per request).
+16 would pile up behind it, and the server would stay in smaller batches for good (MiniLM-16
+here: 2 x 16 served ~0.90 of the requests/s of batches of 32, at more CPU per request).
 
 A request that is alone in the server (see :data:`~modelship_runtime.serve.model.Alone`: one
 open connection, nothing else parsed or running) cannot be merged with anything, so it runs at

@@ -135,8 +135,9 @@ class Predictor(Protocol):
 
 
 Alone = Callable[[], bool]
-"""Whether the request being predicted is the only one in the server (none parsed or running
-besides it): then running it on the event loop thread delays nobody."""
+"""Whether the request being predicted is the only one in the server (one open connection,
+nothing else parsed or running; see ``HttpServer.alone``): then running it on the event loop
+thread delays nobody."""
 
 
 class DirectPredictor:
