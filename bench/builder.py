@@ -26,8 +26,8 @@ from tokenizers import Tokenizer
 
 from modelship.api.artifact import ArtifactStore, BuildPlan
 from modelship.api.v1alpha1 import CalibrationSpec, ModelSource, OptimizationSpec, Precision
-from modelship_runtime.build.pipeline import build
-from modelship_runtime.build.sessions import session
+from modelship_runtime.builder.pipeline import build
+from modelship_runtime.builder.sessions import session
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command")
     ns = parser.parse_args(argv)
     if ns.command == "build":
-        from modelship_runtime.build.cli import job_main
+        from modelship_runtime.builder.cli import job_main
 
         return job_main(ns.args)
     from modelship_runtime.serve.cli import main as serve_main

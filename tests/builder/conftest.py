@@ -14,7 +14,7 @@ import pytest
 from builder_helpers import mlp_onnx
 from modelship.api.artifact import ArtifactStore, BuildPlan
 from modelship.api.v1alpha1 import ModelSource, OptimizationSpec
-from modelship_runtime.build.benchmark import BenchSettings
+from modelship_runtime.builder.benchmark import BenchSettings
 from modelship_runtime.io_settings import IOSettings
 
 ROOT = Path(__file__).resolve().parents[2]

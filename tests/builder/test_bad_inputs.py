@@ -18,10 +18,10 @@ from pydantic import ValidationError
 
 from modelship.api.artifact import BuildPlan
 from modelship.api.v1alpha1 import AccuracySpec, ModelFormat, ModelSource, Precision
-from modelship_runtime.build.benchmark import BenchSettings
-from modelship_runtime.build.convert import convert_sklearn
-from modelship_runtime.build.errors import BuildError
-from modelship_runtime.build.pipeline import build
+from modelship_runtime.builder.benchmark import BenchSettings
+from modelship_runtime.builder.convert import convert_sklearn
+from modelship_runtime.builder.errors import BuildError
+from modelship_runtime.builder.pipeline import build
 from modelship_runtime.io_settings import IOSettings
 
 MakePlan = Callable[..., BuildPlan]

@@ -9,7 +9,7 @@ import pytest
 
 from modelship.api.artifact import BuildPlan
 from modelship_runtime.__main__ import main as dispatch
-from modelship_runtime.build.cli import main
+from modelship_runtime.builder.cli import main
 
 
 def test_modelship_build_prints_summary_and_plan(

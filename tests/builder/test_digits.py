@@ -16,8 +16,8 @@ from sklearn.neural_network import MLPClassifier
 from builder_helpers import mlp_onnx
 from modelship.api.artifact import BuildPlan
 from modelship.api.v1alpha1 import AccuracyMetric, AccuracySpec, CalibrationSpec, Precision
-from modelship_runtime.build.benchmark import BenchSettings
-from modelship_runtime.build.pipeline import build
+from modelship_runtime.builder.benchmark import BenchSettings
+from modelship_runtime.builder.pipeline import build
 
 pytestmark = pytest.mark.slow
 

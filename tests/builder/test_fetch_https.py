@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from https_server import Site, https_site
 
-from modelship_runtime.build.errors import BuildError
-from modelship_runtime.build.fetch import fetch
+from modelship_runtime.builder.errors import BuildError
+from modelship_runtime.builder.fetch import fetch
 from modelship_runtime.io_settings import IOSettings
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from modelship.api.artifact import BuildPlan
 from modelship.api.v1alpha1 import CalibrationSpec, Precision
-from modelship_runtime.build.benchmark import BenchSettings
-from modelship_runtime.build.pipeline import build
+from modelship_runtime.builder.benchmark import BenchSettings
+from modelship_runtime.builder.pipeline import build
 from modelship_runtime.store import DirectoryStore
 
 MINILM_SHA256 = "972a1a385b889cb78244db74d1aeb2a2ae7680e22683aa41bcca2ecbbfb23239"

@@ -21,8 +21,8 @@ from modelship.api.v1alpha1 import ModelDeploymentSpec, Precision, S3Settings
 from modelship.naming import Owner
 from modelship.observation import Artifact
 from modelship.settings import Settings
-from modelship_runtime.build.benchmark import BenchSettings
-from modelship_runtime.build.pipeline import build
+from modelship_runtime.builder.benchmark import BenchSettings
+from modelship_runtime.builder.pipeline import build
 from modelship_runtime.s3client import make_client
 from modelship_runtime.store import IndexEntry, S3Store, StoreError, file_sha256, open_store
 

@@ -17,8 +17,8 @@ from sklearn.preprocessing import StandardScaler
 
 from modelship.api.artifact import BuildPlan
 from modelship.api.v1alpha1 import ModelFormat, Precision
-from modelship_runtime.build.benchmark import BenchSettings
-from modelship_runtime.build.pipeline import build
+from modelship_runtime.builder.benchmark import BenchSettings
+from modelship_runtime.builder.pipeline import build
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from onnx import numpy_helper
 
 from modelship.api.artifact import BuildPlan
 from modelship.api.v1alpha1 import AccuracySpec, Precision, PruningSpec
-from modelship_runtime.build.benchmark import BenchSettings
-from modelship_runtime.build.pipeline import build
+from modelship_runtime.builder.benchmark import BenchSettings
+from modelship_runtime.builder.pipeline import build
 
 
 def test_pruning_reaches_target_and_reports_it(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modelship_runtime.build.archive import extract, is_archive
-from modelship_runtime.build.errors import BuildError
+from modelship_runtime.builder.archive import extract, is_archive
+from modelship_runtime.builder.errors import BuildError
 from modelship_runtime.io_settings import IOSettings
 
 

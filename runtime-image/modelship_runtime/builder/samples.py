@@ -15,8 +15,8 @@ import numpy as np
 
 from modelship.api.artifact import Signature, TensorStats
 from modelship.api.v1alpha1 import TensorDatatype, TensorSpec
-from modelship_runtime.build.errors import BuildError
-from modelship_runtime.build.signature import OIP_TO_NUMPY
+from modelship_runtime.builder.errors import BuildError
+from modelship_runtime.builder.signature import OIP_TO_NUMPY
 
 Feed = dict[str, np.ndarray]
 GENERATED_SAMPLES = 32

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from modelship.api.artifact import VariantReport
 from modelship.api.v1alpha1 import OptimizationSpec, Precision
-from modelship_runtime.build.errors import BuildError
+from modelship_runtime.builder.errors import BuildError
 
 
 @dataclass

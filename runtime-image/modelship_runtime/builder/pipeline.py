@@ -14,14 +14,14 @@ from pathlib import Path
 
 from modelship.api.artifact import BUILDER_VERSION, BuildPlan, Manifest, VariantReport
 from modelship.api.v1alpha1 import GraphLevel, Precision
-from modelship_runtime.build import archive, formats, optimize, samples, sessions
-from modelship_runtime.build.benchmark import BenchSettings, measure
-from modelship_runtime.build.convert import to_onnx
-from modelship_runtime.build.errors import BuildError
-from modelship_runtime.build.fetch import Fetched, fetch
-from modelship_runtime.build.select import Candidate, choose, wanted
-from modelship_runtime.build.signature import signature_of
-from modelship_runtime.build.validate import Outputs, compare, run_all, verdict
+from modelship_runtime.builder import archive, formats, optimize, samples, sessions
+from modelship_runtime.builder.benchmark import BenchSettings, measure
+from modelship_runtime.builder.convert import to_onnx
+from modelship_runtime.builder.errors import BuildError
+from modelship_runtime.builder.fetch import Fetched, fetch
+from modelship_runtime.builder.select import Candidate, choose, wanted
+from modelship_runtime.builder.signature import signature_of
+from modelship_runtime.builder.validate import Outputs, compare, run_all, verdict
 from modelship_runtime.io_settings import IOSettings
 from modelship_runtime.store import IndexEntry, Store, file_sha256, open_store
 

@@ -8,8 +8,8 @@ from typing import Any
 import onnx
 
 from modelship.api.v1alpha1 import ModelFormat, ModelSource, TensorDatatype, TensorSpec
-from modelship_runtime.build import formats
-from modelship_runtime.build.errors import BuildError
+from modelship_runtime.builder import formats
+from modelship_runtime.builder.errors import BuildError
 
 _SKL_TYPES = {
     TensorDatatype.FP32: "FloatTensorType",

@@ -34,7 +34,7 @@ from modelship.api.v1alpha1 import (
     PruningSpec,
     S3Settings,
 )
-from modelship_runtime.build.errors import BuildError
+from modelship_runtime.builder.errors import BuildError
 from modelship_runtime.store import StoreError
 
 TERMINATION_LOG = Path("/dev/termination-log")
@@ -66,7 +66,7 @@ class _Progress:
 
 def _run(plan: BuildPlan, termination_log: Path) -> tuple[int, Manifest | None]:
     # Imported here so `--help` and plan errors answer without loading onnxruntime.
-    from modelship_runtime.build.pipeline import build
+    from modelship_runtime.builder.pipeline import build
 
     try:
         result = build(plan, progress=_Progress())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelship.api.v1alpha1 import ModelFormat
-from modelship_runtime.build.errors import BuildError
+from modelship_runtime.builder.errors import BuildError
 
 SUPPORTED = (
     "onnx (an ONNX ModelProto, .onnx, optionally inside a .tar/.tar.gz/.zip), "

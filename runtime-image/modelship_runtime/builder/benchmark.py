@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelship.api.artifact import Latency
-from modelship_runtime.build.samples import Feed
+from modelship_runtime.builder.samples import Feed
 
 
 class BenchSettings(BaseSettings):

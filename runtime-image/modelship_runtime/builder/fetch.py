@@ -13,7 +13,7 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 from modelship.api.v1alpha1 import S3Settings
-from modelship_runtime.build.errors import BuildError
+from modelship_runtime.builder.errors import BuildError
 from modelship_runtime.io_settings import IOSettings
 from modelship_runtime.s3client import make_client, parse_s3_uri
 from modelship_runtime.store import StoreError, local_path

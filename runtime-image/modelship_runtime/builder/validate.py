@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from modelship.api.artifact import Accuracy
 from modelship.api.v1alpha1 import AccuracyMetric, AccuracySpec
-from modelship_runtime.build.samples import Feed
+from modelship_runtime.builder.samples import Feed
 
 Outputs = list[list[np.ndarray]]
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from modelship_runtime.build.samples import Feed
+from modelship_runtime.builder.samples import Feed
 
 
 @contextmanager

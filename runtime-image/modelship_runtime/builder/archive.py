@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from modelship_runtime.build.errors import BuildError
+from modelship_runtime.builder.errors import BuildError
 from modelship_runtime.io_settings import IOSettings
 
 # Small archives may legitimately compress very well (configs, zeros); the ratio check only
