@@ -41,8 +41,9 @@ test-integration: venv cluster-build  ## tests against a real control plane
 test-e2e: host-deps venv cluster-build  ## end-to-end tests on the full local node
 	$(PYTEST) -m e2e
 
-lint: venv  ## ruff, import-linter contracts
+lint: venv  ## ruff, mypy (strict), import-linter contracts
 	$(VENV)/bin/ruff check operator runtime-image hack tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 cluster-build:  ## build (once, cached by version) etcd, Kubernetes, helm, CoreDNS, metrics-server

@@ -10,10 +10,10 @@ import uuid
 import kopf
 
 from modelship import handlers  # noqa: F401  (registers the handlers)
+from modelship.domain.settings import Settings
 from modelship.kube import Kube, new_api_client
 from modelship.leader import LeaderElector, Timing
 from modelship.metrics import OperatorMetrics
-from modelship.settings import Settings
 
 log = logging.getLogger("modelship")
 

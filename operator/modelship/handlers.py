@@ -13,14 +13,14 @@ from typing import Any
 
 import kopf
 
-from modelship import naming
 from modelship.api import v1alpha1 as api
 from modelship.controller import Controller
-from modelship.desired import applied_hash
+from modelship.domain import naming
+from modelship.domain.desired import applied_hash
+from modelship.domain.settings import Settings
 from modelship.kube import Kube, new_api_client
 from modelship.metrics import OperatorMetrics
 from modelship.reconciler import Reconciler
-from modelship.settings import Settings
 
 OURS = {naming.LABEL_MANAGED_BY: naming.MANAGER}
 SERVER_PODS = {naming.LABEL_MANAGED_BY: naming.MANAGER, naming.LABEL_COMPONENT: "server"}

@@ -25,8 +25,8 @@ from urllib.parse import quote
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from modelship import naming
 from modelship.api import v1alpha1 as api
+from modelship.domain import naming
 
 log = logging.getLogger(__name__)
 

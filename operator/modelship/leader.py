@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from modelship import naming
+from modelship.domain import naming
 from modelship.kube import Kube
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelship import desired, health, naming
 from modelship.api.v1alpha1 import ModelDeploymentSpec, Phase
-from modelship.kube import Kube
-from modelship.lifecycle import (
+from modelship.domain import desired, health, naming
+from modelship.domain.lifecycle import (
     Action,
     AdoptBuild,
     Emit,
@@ -24,17 +23,24 @@ from modelship.lifecycle import (
     StartBuild,
     step,
 )
-from modelship.metrics import OperatorMetrics
-from modelship.observation import (
+from modelship.domain.observation import (
     Artifact,
     BuildObservation,
     Observation,
     parse_build,
     parse_rollout,
 )
-from modelship.plan import BuildTarget, build_target
-from modelship.settings import Settings
-from modelship.status import CONDITION_TYPES, changed, compute, merge_conditions, state_from_status
+from modelship.domain.plan import BuildTarget, build_target
+from modelship.domain.settings import Settings
+from modelship.domain.status import (
+    CONDITION_TYPES,
+    changed,
+    compute,
+    merge_conditions,
+    state_from_status,
+)
+from modelship.kube import Kube
+from modelship.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 

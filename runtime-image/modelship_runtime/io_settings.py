@@ -7,16 +7,14 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelship.api.serving import ENV_PREFIX, SourceMounts
 
-class IOSettings(BaseSettings):
-    """How sources are fetched and where claims are mounted; every field is an env variable."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELSHIP_", extra="ignore")
+class IOSettings(BaseSettings, SourceMounts):
+    """How sources are fetched and where claims are mounted (``pvc_root`` is set by the
+    operator, see :class:`~modelship.api.serving.SourceMounts`); every field is an env variable."""
 
-    pvc_root: Path = Field(
-        default=Path("/mnt/pvc"),
-        description="pvc://<claim>/<path> is read from <pvc_root>/<claim>/<path>.",
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
     ca_bundle: Path | None = Field(
         default=None, description="PEM file of CAs to trust for https sources (default: system)."
     )

@@ -15,12 +15,13 @@ import pytest
 from s3_server import S3Server, minio
 
 from builder_helpers import manifest_for
-from modelship import desired
 from modelship.api.artifact import ArtifactStore, BuildPlan
+from modelship.api.serving import MODEL_DIR, env_name
 from modelship.api.v1alpha1 import ModelDeploymentSpec, Precision, S3Settings
-from modelship.naming import Owner
-from modelship.observation import Artifact
-from modelship.settings import Settings
+from modelship.domain import desired
+from modelship.domain.naming import Owner
+from modelship.domain.observation import Artifact
+from modelship.domain.settings import Settings
 from modelship_runtime.builder.benchmark import BenchSettings
 from modelship_runtime.builder.pipeline import build
 from modelship_runtime.s3client import make_client
@@ -170,8 +171,10 @@ def test_serving_init_container_downloads_the_artifact_from_s3(
     )["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     model_dir = tmp_path / "model"  # the emptyDir the server container mounts
-    args = [a if a != desired.MODEL_DIR else str(model_dir) for a in init["args"]]
+    args = init["args"]
     env = {e["name"]: e["value"] for e in init["env"] if "value" in e}
+    assert env[env_name("model_dir")] == str(MODEL_DIR)
+    env[env_name("model_dir")] = str(model_dir)
     # The Secret's keys, as the pod's secretKeyRef would set them.
     env |= {
         "AWS_ACCESS_KEY_ID": s3_server.access_key,
@@ -193,7 +196,8 @@ def test_serving_init_container_downloads_the_artifact_from_s3(
     assert sorted(p.name for p in model_dir.iterdir()) == ["manifest.json", "model.onnx"]
     assert file_sha256(model_dir / "model.onnx") == built.manifest.model_sha256
 
-    run = fetch([a if a != built.digest else "sha256:" + "0" * 64 for a in args])
+    env[env_name("artifact_digest")] = "sha256:" + "0" * 64
+    run = fetch(args)
     assert run.returncode == 1
     assert "download failed" in run.stderr
     assert "0" * 64 in run.stderr, run.stderr

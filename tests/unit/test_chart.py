@@ -11,7 +11,7 @@ import yaml
 from chart_helpers import CHART, NAMESPACE, POD_NAME, helm, one, operator_env, template
 from chart_rbac import TEMPLATE, render
 from modelship import rbac
-from modelship.settings import Settings
+from modelship.domain.settings import Settings
 
 # Tests that run helm are slow: helm is built from Go modules on first use (minutes).
 slow = pytest.mark.slow

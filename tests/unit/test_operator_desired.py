@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from modelship import desired, naming
 from modelship.api.v1alpha1 import ModelDeploymentSpec
-from modelship.naming import Owner
-from modelship.observation import Artifact
-from modelship.plan import build_target
-from modelship.settings import Settings
+from modelship.domain import desired, naming
+from modelship.domain.naming import Owner
+from modelship.domain.observation import Artifact
+from modelship.domain.plan import build_target
+from modelship.domain.settings import Settings
 
 OWNER = Owner("sentiment", "ml", "uid-1")
 HEX = "3" * 64
@@ -53,7 +53,7 @@ def test_deployment_serves_the_artifact_read_only_from_the_pvc() -> None:
     server = pod["containers"][0]
     assert server["args"] == ["serve"]
     model = next(m for m in server["volumeMounts"] if m["name"] == "model")
-    assert model == {"name": "model", "mountPath": "/model", "subPath": HEX, "readOnly": True}
+    assert model == {"name": "model", "mountPath": "/models", "subPath": HEX, "readOnly": True}
     assert next(v for v in pod["volumes"] if v["name"] == "model")["persistentVolumeClaim"] == {
         "claimName": "modelship-artifacts",
         "readOnly": True,
@@ -74,22 +74,11 @@ def test_deployment_serves_the_artifact_read_only_from_the_pvc() -> None:
     assert dep["metadata"]["ownerReferences"] == [OWNER.reference()]
 
 
-def test_s3_store_fetches_in_an_init_container(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_store_fetches_into_an_empty_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELSHIP_STORE_S3_BUCKET", "arts")
     art = Artifact(ART.digest, f"s3://arts/artifacts/{HEX}")
     pod = desired.deployment(spec(), OWNER, art, "req", Settings())["spec"]["template"]["spec"]
-    init = pod["initContainers"][0]
-    assert init["args"][0] == "serve"
-    # The runtime's own parser must read the operator's arguments as a download-only run.
-    from modelship_runtime.serve.cli import parse_settings
-
-    env = {e["name"]: e["value"] for e in init["env"] if "value" in e}
-    monkeypatch.setattr("os.environ", {**env})
-    parsed = parse_settings(init["args"][1:])
-    assert parsed.download_only is True
-    assert parsed.artifact_uri == "s3://arts/artifacts"
-    assert parsed.artifact_digest == art.digest
-    assert str(parsed.model_dir) == desired.MODEL_DIR
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-artifact"]
     assert next(v for v in pod["volumes"] if v["name"] == "model") == {
         "name": "model",
         "emptyDir": {},
@@ -135,13 +124,3 @@ def test_hash_changes_only_for_the_object_whose_content_changed() -> None:
     b = desired.serving_objects(spec(scaling={"maxReplicas": 9}), OWNER, ART, "req", Settings())
     changed = {k for k in a if desired.applied_hash(a[k]) != desired.applied_hash(b[k])}
     assert changed == {"HorizontalPodAutoscaler"}
-
-
-def test_every_server_env_var_is_a_runtime_setting() -> None:
-    from modelship_runtime.serve.settings import ServeSettings
-
-    container = desired.deployment(
-        spec(serving={"batching": {"maxBatchSize": 8}}), OWNER, ART, "req", Settings()
-    )["spec"]["template"]["spec"]["containers"][0]
-    names = {e["name"].removeprefix("MODELSHIP_").lower() for e in container["env"]}
-    assert names <= set(ServeSettings.model_fields), names - set(ServeSettings.model_fields)

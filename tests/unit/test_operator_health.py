@@ -6,8 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from modelship import health
-from modelship.observation import BuildState, parse_build, parse_rollout
+from modelship.domain import health
+from modelship.domain.observation import BuildState, parse_build, parse_rollout
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from modelship import settings as settings_module
+from modelship.domain import settings as settings_module
+from modelship.domain.settings import Settings
 from modelship.leader import Timing
-from modelship.settings import Settings
 
 
 def test_timings_must_be_ordered() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from modelship.api.v1alpha1 import ModelDeploymentSpec, Phase
-from modelship.lifecycle import (
+from modelship.domain.lifecycle import (
     AdoptBuild,
     Emit,
     EnsureServing,
@@ -14,7 +14,7 @@ from modelship.lifecycle import (
     State,
     step,
 )
-from modelship.observation import (
+from modelship.domain.observation import (
     Artifact,
     BuildObservation,
     BuildState,
@@ -22,8 +22,8 @@ from modelship.observation import (
     Problem,
     RolloutObservation,
 )
-from modelship.plan import build_target
-from modelship.settings import Settings
+from modelship.domain.plan import build_target
+from modelship.domain.settings import Settings
 
 TARGET = build_target(
     ModelDeploymentSpec.model_validate({"model": {"uri": "s3://b/m.onnx"}}),

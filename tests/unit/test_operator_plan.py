@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelship import naming
 from modelship.api.v1alpha1 import ModelDeploymentSpec
-from modelship.plan import build_target, serving_threads
-from modelship.settings import Settings
+from modelship.domain import naming
+from modelship.domain.plan import build_target, serving_threads
+from modelship.domain.settings import Settings
 
 SHA = "a" * 64
 

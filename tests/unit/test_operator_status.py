@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from modelship import status
 from modelship.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus, Phase
-from modelship.lifecycle import State
-from modelship.naming import Owner
-from modelship.observation import Artifact, Observation, RolloutObservation
-from modelship.plan import build_target
-from modelship.settings import Settings
+from modelship.domain import status
+from modelship.domain.lifecycle import State
+from modelship.domain.naming import Owner
+from modelship.domain.observation import Artifact, Observation, RolloutObservation
+from modelship.domain.plan import build_target
+from modelship.domain.settings import Settings
 
 OWNER = Owner("sentiment", "ml", "uid")
 TARGET = build_target(

@@ -7,6 +7,11 @@ Job as JSON. The builder publishes ``<digest>/model.onnx`` and ``<digest>/manife
 Digests: ``plan_key`` hashes what the builder is asked to do (recipe + builder version);
 the artifact digest hashes the source bytes together with the plan key. When the spec pins the
 source sha256 the operator can compute the artifact digest itself and skip the Job entirely.
+
+The recipe holds only what changes the artifact, and a field at its default is left out of it,
+so adding an optional field to the API (at a default that keeps today's behaviour) changes no
+digest and an operator upgrade rebuilds nothing. A change of the builder's output for the same
+recipe is a new :data:`BUILDER_VERSION` (docs/builder.md, "Digests").
 """
 
 from __future__ import annotations
@@ -19,8 +24,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelship.api.v1alpha1 import ModelSource, OptimizationSpec, S3Settings, TensorSpec
 
-BUILDER_VERSION = "1"
-"""Bumped whenever the builder's output for the same plan changes; part of every digest."""
+BUILDER_VERSION = "2"
+"""Bumped whenever the builder's output for the same recipe changes; part of every digest.
+
+History (docs/builder.md): 1, the first builder; 2, the recipe leaves out fields at their
+defaults and the plan schema version."""
+
+RECIPE_FIELDS: dict[str, Any] = {
+    "source": {"format": True, "inputs": True},
+    "optimization": True,
+    "threads": True,
+}
+"""The plan fields that change the artifact (not where it is fetched from or published to)."""
 
 PLAN_SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -59,15 +74,13 @@ class BuildPlan(_Contract):
     store: ArtifactStore
 
     def recipe(self) -> dict[str, Any]:
-        """The parts of the plan that change the artifact (not where it is stored or fetched)."""
-        return {
-            "schemaVersion": self.schema_version,
-            "builderVersion": BUILDER_VERSION,
-            "format": self.source.format.value,
-            "inputs": [t.model_dump(mode="json") for t in self.source.inputs or []],
-            "optimization": self.optimization.model_dump(mode="json", by_alias=True),
-            "threads": self.threads,
-        }
+        """The canonical recipe: :data:`RECIPE_FIELDS` without those at their defaults."""
+        dumped = self.model_dump(
+            mode="json", by_alias=True, exclude_defaults=True, include=RECIPE_FIELDS
+        )
+        recipe = {k: v for k, v in dumped.items() if v != {}}
+        recipe["builderVersion"] = BUILDER_VERSION
+        return recipe
 
     @property
     def plan_key(self) -> str:

@@ -16,6 +16,7 @@ from pydantic import Field, WithJsonSchema
 
 from modelship.api.quantity import parse_quantity
 from modelship.api.rules import APIModel, Rule
+from modelship.api.serving import DEFAULT_MAX_DELAY_MS
 from modelship.api.types import Duration, Quantity
 
 GROUP = "modelship.io"
@@ -317,7 +318,7 @@ class BatchingSpec(APIModel):
         default=32, ge=1, le=1024, description="Largest merged batch (1-1024)."
     )
     max_delay_ms: float = Field(
-        default=5,
+        default=DEFAULT_MAX_DELAY_MS,
         ge=0,
         le=1000,
         description="Longest time (ms, 0-1000) a request waits for others to join its batch.",

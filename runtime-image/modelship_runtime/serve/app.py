@@ -20,6 +20,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
 from modelship.api.artifact import MANIFEST_FILE, MODEL_FILE, Manifest
+from modelship.api.serving import env_name
 from modelship_runtime.serve.batching import BatchingPredictor
 from modelship_runtime.serve.cpu import default_threads
 from modelship_runtime.serve.dataplane import DataPlane, ServedModel
@@ -30,6 +31,7 @@ from modelship_runtime.serve.metrics import (
     DriftMonitor,
     DriftObservingPredictor,
     RequestMetrics,
+    register_server_info,
 )
 from modelship_runtime.serve.model import DirectPredictor, OnnxModel, Predictor, SessionConfig
 from modelship_runtime.serve.rest import RestApp
@@ -56,7 +58,7 @@ def model_file(model_dir: Path, manifest: Manifest | None) -> Path:
     path = model_dir / (manifest.model_file if manifest else MODEL_FILE)
     if not path.is_file():
         raise ArtifactError(
-            f"no model at {path}; point --model-dir (MODELSHIP_MODEL_DIR) at an artifact "
+            f"no model at {path}; point --model-dir ({env_name('model_dir')}) at an artifact "
             "directory with model.onnx and manifest.json, or set --artifact-uri and "
             "--artifact-digest to download one"
         )
@@ -128,6 +130,9 @@ async def serve(settings: ServeSettings) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]  # halves the scrape size; nothing reads *_created
     registry = CollectorRegistry()
     metrics = RequestMetrics(registry, settings.model_name)
+    register_server_info(
+        registry, settings.model_name, settings.revision, settings.artifact_digest
+    )
 
     direct: DirectPredictor | None = None
     batcher: BatchingPredictor | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from modelship.api.serving import ENV_PREFIX, env_name
 from modelship_runtime.serve.settings import ServeSettings
 
 # Before numpy loads: its BLAS pool would spin up a thread per core that competes with
@@ -19,18 +20,19 @@ from modelship_runtime.serve.settings import ServeSettings
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-_BOOLEAN = {"download_only", "grpc_enabled", "allow_spinning"}
+_BOOLEAN = {name for name, f in ServeSettings.model_fields.items() if f.annotation is bool}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m modelship_runtime serve",
         description="Serve an ONNX artifact over the Open Inference Protocol (REST and gRPC). "
-        "Every flag also reads MODELSHIP_<FLAG_IN_CAPITALS> (dashes as underscores); flags win.",
+        f"Every flag also reads {ENV_PREFIX}<FLAG_IN_CAPITALS> (dashes as underscores); "
+        "flags win.",
     )
     for name, field in ServeSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        help_text = (field.description or "") + f" [env MODELSHIP_{name.upper()}]"
+        help_text = (field.description or "") + f" [env {env_name(name)}]"
         if name in _BOOLEAN:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)  # fmt: skip
@@ -53,8 +55,9 @@ def download(settings: ServeSettings) -> None:
 
     if not settings.artifact_uri or not settings.artifact_digest:
         raise SystemExit(
-            "downloading needs both --artifact-uri (MODELSHIP_ARTIFACT_URI, e.g. s3://bucket/prefix)"
-            " and --artifact-digest (MODELSHIP_ARTIFACT_DIGEST, sha256:<64 hex>)"
+            f"downloading needs both --artifact-uri ({env_name('artifact_uri')}, e.g. "
+            f"s3://bucket/prefix) and --artifact-digest ({env_name('artifact_digest')}, "
+            "sha256:<64 hex>)"
         )
     s3 = None
     if settings.artifact_s3_endpoint or settings.artifact_s3_region:

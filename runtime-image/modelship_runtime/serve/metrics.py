@@ -95,6 +95,19 @@ class RequestMetrics:
             self.queue_seconds.observe(seconds)
 
 
+def register_server_info(
+    registry: CollectorRegistry, model_name: str, revision: str | None, digest: str | None
+) -> None:
+    """``modelship_server_info{model,revision,digest} 1``: which revision a scraped pod runs."""
+    Gauge(
+        "modelship_server_info",
+        "Always 1; its labels say which model, revision and artifact digest this pod serves "
+        "(empty when the pod was not told).",
+        ["model", "revision", "digest"],
+        registry=registry,
+    ).labels(model_name, revision or "", digest or "").set(1)
+
+
 class _Window:
     __slots__ = ("count", "histogram", "sum", "sum_sq")
 

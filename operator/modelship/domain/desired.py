@@ -11,21 +11,27 @@ import math
 from typing import Any
 from urllib.parse import urlparse
 
-from modelship import naming
 from modelship.api import v1alpha1 as api
 from modelship.api.artifact import canonical_json
+from modelship.api.serving import (
+    GRPC_PORT,
+    METRICS_PORT,
+    MODEL_DIR,
+    PVC_SOURCE_ROOT,
+    REST_PORT,
+    RUNTIME_UID,
+    DownloadConfig,
+    ServingConfig,
+    SourceMounts,
+)
 from modelship.api.types import duration_seconds
 from modelship.api.v1alpha1 import ModelDeploymentSpec
-from modelship.naming import Owner
-from modelship.observation import Artifact
-from modelship.plan import DEFAULT_CPU, DEFAULT_MEMORY, BuildTarget, serving_threads
-from modelship.settings import PVC_MOUNT_PATH, Settings
-from modelship.status import GRPC_PORT, METRICS_PORT, REST_PORT
+from modelship.domain import naming
+from modelship.domain.naming import Owner
+from modelship.domain.observation import Artifact
+from modelship.domain.plan import DEFAULT_CPU, DEFAULT_MEMORY, BuildTarget, serving_threads
+from modelship.domain.settings import PVC_MOUNT_PATH, Settings
 
-RUNTIME_UID = 65532
-MODEL_DIR = "/model"
-PVC_SOURCE_ROOT = "/mnt/pvc"
-"""Where the builder finds pvc://claim/path sources (the runtime's MODELSHIP_PVC_ROOT)."""
 PLAN_DIR = "/etc/modelship"
 TERMINATION_GRACE_SECONDS = 30
 DRAIN_SECONDS = 5
@@ -136,12 +142,12 @@ def build_job(
             }
         )
         mounts.append(
-            {"name": f"source-{i}", "mountPath": f"{PVC_SOURCE_ROOT}/{claim}", "readOnly": True}
+            {"name": f"source-{i}", "mountPath": str(PVC_SOURCE_ROOT / claim), "readOnly": True}
         )
     # One set of AWS_* variables per pod: the source's Secret wins, the store's is the fallback.
     source_secret = spec.model.s3.secret_name if spec.model.s3 else None
     env = [
-        {"name": "MODELSHIP_PVC_ROOT", "value": PVC_SOURCE_ROOT},
+        *SourceMounts(pvc_root=PVC_SOURCE_ROOT).to_env(),
         *_secret_env(source_secret or settings.store_s3_secret),
     ]
     labels = naming.build_labels(target.key)
@@ -225,33 +231,32 @@ def _artifact_volume(
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """(volume, mount, init containers) that put the artifact at MODEL_DIR, read-only."""
     if settings.uses_s3:
+        # The runtime's storage-initializer mode: download, verify, exit.
+        download = DownloadConfig(
+            model_dir=MODEL_DIR,
+            artifact_digest=artifact.digest,
+            artifact_uri=settings.artifact_store().uri,
+            artifact_s3_endpoint=settings.store_s3_endpoint or None,
+            artifact_s3_region=settings.store_s3_region or None,
+            download_only=True,
+        )
         fetch = {
             "name": "fetch-artifact",
             "image": settings.runtime_image,
             "imagePullPolicy": settings.image_pull_policy,
             "command": ["python", "-m", "modelship_runtime"],
-            # The runtime's storage-initializer mode: download, verify, exit.
-            "args": [
-                "serve",
-                "--download-only",
-                "--artifact-uri",
-                settings.artifact_store().uri,
-                "--artifact-digest",
-                artifact.digest,
-                "--model-dir",
-                MODEL_DIR,
-            ],
-            "env": _secret_env(settings.store_s3_secret) + _s3_location_env(settings),
+            "args": ["serve"],
+            "env": download.to_env() + _secret_env(settings.store_s3_secret),
             "securityContext": _container_security(),
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
             "volumeMounts": [
-                {"name": "model", "mountPath": MODEL_DIR},
+                {"name": "model", "mountPath": str(MODEL_DIR)},
                 {"name": "tmp", "mountPath": "/tmp"},
             ],
         }
         return (
             {"name": "model", "emptyDir": {}},
-            {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+            {"name": "model", "mountPath": str(MODEL_DIR), "readOnly": True},
             [fetch],
         )
     root = f"file://{PVC_MOUNT_PATH}/"
@@ -266,42 +271,26 @@ def _artifact_volume(
             "name": "model",
             "persistentVolumeClaim": {"claimName": settings.store_pvc, "readOnly": True},
         },
-        {"name": "model", "mountPath": MODEL_DIR, "subPath": sub_path, "readOnly": True},
+        {"name": "model", "mountPath": str(MODEL_DIR), "subPath": sub_path, "readOnly": True},
         [],
     )
 
 
-def _s3_location_env(settings: Settings) -> list[dict[str, Any]]:
-    env = []
-    if settings.store_s3_endpoint:
-        env.append({"name": "MODELSHIP_ARTIFACT_S3_ENDPOINT", "value": settings.store_s3_endpoint})
-    if settings.store_s3_region:
-        env.append({"name": "MODELSHIP_ARTIFACT_S3_REGION", "value": settings.store_s3_region})
-    return env
-
-
-def _server_env(
-    spec: ModelDeploymentSpec, owner: Owner, artifact: Artifact
-) -> list[dict[str, Any]]:
-    env = [
-        {"name": "MODELSHIP_MODEL_NAME", "value": owner.name},
-        {"name": "MODELSHIP_MODEL_DIR", "value": MODEL_DIR},
-        {"name": "MODELSHIP_ARTIFACT_DIGEST", "value": artifact.digest},
-        {"name": "MODELSHIP_INTRA_OP_THREADS", "value": str(serving_threads(spec))},
-        {"name": "MODELSHIP_REST_PORT", "value": str(REST_PORT)},
-        {"name": "MODELSHIP_GRPC_PORT", "value": str(GRPC_PORT)},
-        {"name": "MODELSHIP_METRICS_PORT", "value": str(METRICS_PORT)},
-        {"name": "MODELSHIP_GRPC_ENABLED", "value": "true" if spec.serving.grpc else "false"},
-    ]
-    if spec.serving.batching:
-        env += [
-            {
-                "name": "MODELSHIP_MAX_BATCH_SIZE",
-                "value": str(spec.serving.batching.max_batch_size),
-            },
-            {"name": "MODELSHIP_MAX_DELAY_MS", "value": str(spec.serving.batching.max_delay_ms)},
-        ]
-    return env
+def serving_config(spec: ModelDeploymentSpec, owner: Owner, artifact: Artifact) -> ServingConfig:
+    """What the server container is told (rendered into its environment)."""
+    batching = spec.serving.batching
+    return ServingConfig(
+        model_dir=MODEL_DIR,
+        model_name=owner.name,
+        artifact_digest=artifact.digest,
+        intra_op_threads=serving_threads(spec),
+        rest_port=REST_PORT,
+        grpc_port=GRPC_PORT,
+        metrics_port=METRICS_PORT,
+        grpc_enabled=spec.serving.grpc,
+        max_batch_size=batching.max_batch_size if batching else 0,
+        **({"max_delay_ms": batching.max_delay_ms} if batching else {}),
+    )
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -346,7 +335,7 @@ def deployment(
                 "imagePullPolicy": settings.image_pull_policy,
                 "command": ["python", "-m", "modelship_runtime"],
                 "args": ["serve"],
-                "env": _server_env(spec, owner, artifact),
+                "env": serving_config(spec, owner, artifact).to_env(),
                 "ports": ports,
                 "resources": _resources(spec),
                 "securityContext": _container_security(),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from modelship import naming
 from modelship.api.artifact import ArtifactStore, BuildPlan
 from modelship.api.quantity import parse_quantity
 from modelship.api.v1alpha1 import ModelDeploymentSpec
+from modelship.domain import naming
 
 DEFAULT_CPU = "1"
 DEFAULT_MEMORY = "1Gi"

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelship import naming
+from modelship.api.serving import GRPC_PORT, REST_PORT
 from modelship.api.v1alpha1 import Phase
-from modelship.lifecycle import State
-from modelship.observation import Artifact, Observation
+from modelship.domain import naming
+from modelship.domain.lifecycle import State
+from modelship.domain.observation import Artifact, Observation
 
 CONDITION_TYPES = ("ArtifactReady", "Available", "Progressing", "Degraded", "Ready")
-REST_PORT = 8080
-GRPC_PORT = 8081
-METRICS_PORT = 9090
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:

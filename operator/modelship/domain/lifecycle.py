@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelship.api.v1alpha1 import Phase
-from modelship.observation import STUCK_BUILD_REASONS, Artifact, BuildState, Observation
+from modelship.domain.observation import STUCK_BUILD_REASONS, Artifact, BuildState, Observation
 
 # --- actions -------------------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from modelship import naming
-from modelship.plan import BuildTarget
+from modelship.domain import naming
+from modelship.domain.plan import BuildTarget
 
 MAX_MESSAGE = 1024
 """Builder messages are cut here: conditions and Events are for people, logs for details."""

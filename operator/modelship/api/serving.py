@@ -1,0 +1,136 @@
+"""The contract between the operator and the runtime image's pods: what each pod is told.
+
+The operator renders these models into container environment variables with :meth:`to_env`;
+the runtime reads them back with pydantic-settings models that inherit the same fields (see
+``modelship_runtime.serve.settings``), so a variable name, a default or a type is declared once,
+here. Values that both sides must agree on without being told (the image's user, where the
+artifact is mounted, the ports) are constants of this module; the runtime image's Dockerfile is
+checked against them by a test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "MODELSHIP_"
+"""Every contract field ``foo_bar`` travels as the variable ``MODELSHIP_FOO_BAR``."""
+
+RUNTIME_UID = 10001
+"""The runtime image's numeric user and group: the pods run as it (runAsNonRoot needs a number)."""
+MODEL_DIR = Path("/models")
+"""Where serving pods find the artifact (model.onnx and manifest.json)."""
+PVC_SOURCE_ROOT = Path("/mnt/pvc")
+"""Where build pods find ``pvc://claim/path`` sources: ``<root>/<claim>/<path>``."""
+REST_PORT = 8080
+GRPC_PORT = 8081
+METRICS_PORT = 9090
+DEFAULT_MAX_DELAY_MS = 5.0
+"""How long a request waits for others to join its batch when the spec does not say."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a contract field."""
+    return ENV_PREFIX + field.upper()
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class PodContract(BaseModel):
+    """Base of every contract model: no unknown fields, rendered as environment variables."""
+
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+
+    def to_env(self) -> list[dict[str, str]]:
+        """``[{"name": "MODELSHIP_<FIELD>", "value": ...}]`` for every field that has a value.
+
+        Fields at their default are rendered too: the pod spec then says everything the pod
+        was told, and a runtime with other defaults still does what the operator meant.
+        """
+        values = self.model_dump(mode="json", exclude_none=True)
+        return [{"name": env_name(k), "value": _env_value(v)} for k, v in values.items()]
+
+
+class ArtifactRef(PodContract):
+    """Which artifact a pod works with and where it lives in the pod."""
+
+    model_dir: Path = Field(
+        default=MODEL_DIR,
+        description="Artifact directory with model.onnx and (optionally) manifest.json.",
+    )
+    artifact_digest: str | None = Field(
+        default=None,
+        pattern=r"^sha256:[a-f0-9]{64}$",
+        description="Content digest (sha256:<64 hex>) of the artifact: what to download, and "
+        "what the server reports it serves.",
+    )
+
+
+class ServingConfig(ArtifactRef):
+    """What the operator tells each serving pod's ``server`` container."""
+
+    model_name: str = Field(default="model", min_length=1, description="Name clients use.")
+    model_version: str = Field(default="1", min_length=1, description="Version clients may use.")
+    revision: str | None = Field(
+        default=None,
+        max_length=63,
+        description="The revision the pod belongs to; a label of the server's info metric, so "
+        "scrapes can be told apart by revision.",
+    )
+    rest_port: int = Field(default=REST_PORT, ge=0, le=65535, description="OIP v2 REST port.")
+    grpc_port: int = Field(default=GRPC_PORT, ge=0, le=65535, description="OIP v2 gRPC port.")
+    grpc_enabled: bool = Field(default=True, description="Serve gRPC as well as REST.")
+    metrics_port: int = Field(
+        default=METRICS_PORT, ge=0, le=65535, description="Port of /metrics (Prometheus)."
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="onnxruntime intra-op threads; 0 = the container's CPU limit (cgroup).",
+    )
+    max_batch_size: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="Dynamic batching: largest merged batch; 0 or 1 = batching off.",
+    )
+    max_delay_ms: float = Field(
+        default=DEFAULT_MAX_DELAY_MS,
+        ge=0,
+        le=1000,
+        description="Dynamic batching: longest time a request waits for others to join it.",
+    )
+
+
+class DownloadConfig(ArtifactRef):
+    """What the ``fetch-artifact`` init container is told (artifact store in S3 mode)."""
+
+    artifact_uri: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix of the artifact store; with artifact_digest, the "
+        "artifact <prefix>/<digest>/ is downloaded into model_dir and verified.",
+    )
+    artifact_s3_endpoint: str | None = Field(
+        default=None, description="Endpoint of an S3-compatible store (empty: AWS S3)."
+    )
+    artifact_s3_region: str | None = Field(default=None, description="Region of the bucket.")
+    download_only: bool = Field(
+        default=False,
+        description="Download the artifact and exit (the init container's mode).",
+    )
+
+
+class SourceMounts(PodContract):
+    """What the build pod is told about the volumes the operator mounted for it."""
+
+    pvc_root: Path = Field(
+        default=PVC_SOURCE_ROOT,
+        description="pvc://<claim>/<path> is read from <pvc_root>/<claim>/<path>.",
+    )

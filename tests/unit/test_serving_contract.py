@@ -1,0 +1,174 @@
+"""The operator -> runtime contract: the pod spec the operator renders is what the runtime reads.
+
+Each test renders the operator's own objects and runs the runtime's own settings loaders on
+exactly the environment and arguments of that pod spec, so a name, default or port that the two
+sides disagree on fails here rather than in a pod.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelship.api import serving
+from modelship.api.v1alpha1 import ModelDeploymentSpec
+from modelship.domain import desired
+from modelship.domain.naming import Owner
+from modelship.domain.observation import Artifact
+from modelship.domain.plan import build_target
+from modelship.domain.settings import Settings
+from modelship_runtime.io_settings import IOSettings
+from modelship_runtime.serve.cli import parse_settings
+from modelship_runtime.serve.settings import ServeSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+OWNER = Owner("sentiment", "ml", "uid-1")
+HEX = "3" * 64
+PVC_ARTIFACT = Artifact(f"sha256:{HEX}", f"file:///artifacts/{HEX}", "int8-dynamic")
+S3_ARTIFACT = Artifact(f"sha256:{HEX}", f"s3://arts/artifacts/{HEX}", "int8-dynamic")
+SECRET_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def spec(**extra: Any) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate(
+        {"model": {"uri": "pvc://models/m.onnx", "sha256": "a" * 64}} | extra
+    )
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    """The variables as the kubelet would set them (Secret references stand for themselves)."""
+    env = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            assert item["name"] in SECRET_KEYS, item
+            env[item["name"]] = "from-secret"
+    return env
+
+
+def load_serve_settings(
+    container: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> ServeSettings:
+    """Run the runtime's loader (`python -m modelship_runtime serve ARGS`) on that container."""
+    assert container["command"] == ["python", "-m", "modelship_runtime"]
+    assert container["args"][0] == "serve"
+    env = container_env(container)
+    unknown = {
+        n for n in env if n not in SECRET_KEYS and n.removeprefix(serving.ENV_PREFIX).lower()
+        not in ServeSettings.model_fields
+    }  # fmt: skip
+    assert not unknown, f"the runtime does not read {unknown}"
+    monkeypatch.setattr("os.environ", env)
+    return parse_settings(container["args"][1:])
+
+
+def mount_path(container: dict[str, Any], volume: str) -> Path:
+    return Path(next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume))
+
+
+@pytest.mark.parametrize(
+    "serving_spec",
+    [{}, {"batching": {"maxBatchSize": 8, "maxDelayMs": 2.5}, "grpc": False},
+     {"batching": {}, "resources": {"limits": {"cpu": "3"}}}],
+)  # fmt: skip
+def test_the_server_reads_what_the_operator_renders(
+    serving_spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = spec(serving=serving_spec)
+    pod = desired.deployment(s, OWNER, PVC_ARTIFACT, "req", Settings())["spec"]["template"]
+    (server,) = pod["spec"]["containers"]
+    settings = load_serve_settings(server, monkeypatch)
+
+    assert settings.model_dir == mount_path(server, "model")
+    assert settings.model_name == OWNER.name
+    assert settings.artifact_digest == PVC_ARTIFACT.digest
+    assert settings.artifact_uri is None, "the server must not download: its volume is read-only"
+    assert settings.download_only is False
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert ports["http"] == settings.rest_port
+    assert ports["metrics"] == settings.metrics_port
+    assert ("grpc" in ports) is settings.grpc_enabled is s.serving.grpc
+    if settings.grpc_enabled:
+        assert ports["grpc"] == settings.grpc_port
+    assert server["readinessProbe"]["httpGet"]["port"] == "http"
+    batching = s.serving.batching
+    assert settings.max_batch_size == (batching.max_batch_size if batching else 0)
+    assert settings.max_delay_ms == (
+        batching.max_delay_ms if batching else serving.DEFAULT_MAX_DELAY_MS
+    )
+    limit = (s.serving.resources.limits.cpu if s.serving.resources.limits else None) or "1"
+    assert settings.intra_op_threads == int(limit)
+
+
+def test_the_init_container_downloads_what_the_server_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODELSHIP_STORE_S3_BUCKET", "arts")
+    monkeypatch.setenv("MODELSHIP_STORE_S3_ENDPOINT", "http://minio.minio:9000")
+    monkeypatch.setenv("MODELSHIP_STORE_S3_SECRET", "store-creds")
+    operator_settings = Settings()
+    pod = desired.deployment(spec(), OWNER, S3_ARTIFACT, "req", operator_settings)
+    pod_spec = pod["spec"]["template"]["spec"]
+    (init,) = pod_spec["initContainers"]
+    (server,) = pod_spec["containers"]
+
+    fetch = load_serve_settings(init, monkeypatch)
+    assert fetch.download_only is True
+    assert fetch.artifact_uri == "s3://arts/artifacts"
+    assert fetch.artifact_s3_endpoint == "http://minio.minio:9000"
+    assert fetch.artifact_digest == S3_ARTIFACT.digest
+    assert fetch.model_dir == mount_path(init, "model")
+    assert {e["name"] for e in init["env"]} >= SECRET_KEYS
+
+    served = load_serve_settings(server, monkeypatch)
+    assert served.model_dir == mount_path(server, "model") == fetch.model_dir
+    assert served.artifact_digest == fetch.artifact_digest
+    assert served.artifact_uri is None
+
+
+def test_the_builder_finds_pvc_sources_where_the_operator_mounts_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = spec()
+    job = desired.build_job(s, build_target(s, Settings().artifact_store()), OWNER, Settings())
+    (builder,) = job["spec"]["template"]["spec"]["containers"]
+    monkeypatch.setattr("os.environ", container_env(builder))
+    io = IOSettings()
+    assert mount_path(builder, "source-0") == io.pvc_root / "models"
+
+
+def test_pods_run_as_the_runtime_image_user_with_its_model_directory() -> None:
+    dockerfile = (ROOT / "runtime-image" / "Dockerfile").read_text()
+    user = re.search(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
+    assert user is not None
+    assert (int(user[1]), int(user[2])) == (serving.RUNTIME_UID, serving.RUNTIME_UID)
+    assert f"mkdir -p /home/modelship {serving.MODEL_DIR}" in dockerfile
+    expose = re.search(r"^EXPOSE (.+)$", dockerfile, re.MULTILINE)
+    assert expose is not None
+    assert expose[1].split() == [
+        str(p) for p in (serving.REST_PORT, serving.GRPC_PORT, serving.METRICS_PORT)
+    ]
+    for obj in (
+        desired.deployment(spec(), OWNER, PVC_ARTIFACT, "req", Settings()),
+        desired.build_job(spec(), build_target(spec(), Settings().artifact_store()), OWNER,
+                          Settings()),
+    ):  # fmt: skip
+        security = obj["spec"]["template"]["spec"]["securityContext"]
+        assert security["runAsUser"] == security["runAsGroup"] == serving.RUNTIME_UID
+
+
+def test_contract_fields_render_as_the_variables_pydantic_settings_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = serving.ServingConfig(
+        model_name="m", revision="r-1", max_batch_size=4, grpc_enabled=False, max_delay_ms=0.25
+    )
+    monkeypatch.setattr("os.environ", {e["name"]: e["value"] for e in config.to_env()})
+    loaded = ServeSettings()
+    assert serving.ServingConfig.model_validate(
+        loaded.model_dump(include=set(serving.ServingConfig.model_fields))
+    ) == config
