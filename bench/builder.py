@@ -24,12 +24,18 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from modelship.api.artifact import ArtifactStore, BuildPlan
-from modelship.api.v1alpha1 import CalibrationSpec, ModelSource, OptimizationSpec, Precision
-from modelship_runtime.builder.pipeline import build
-from modelship_runtime.builder.sessions import session
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from builder_helpers import sentence_embeddings  # noqa: E402
+from modelship.api.artifact import ArtifactStore, BuildPlan  # noqa: E402
+from modelship.api.v1alpha1 import (  # noqa: E402
+    CalibrationSpec,
+    ModelSource,
+    OptimizationSpec,
+    Precision,
+)
+from modelship_runtime.builder.pipeline import build  # noqa: E402
+from modelship_runtime.builder.sessions import session  # noqa: E402
 
 
 def _feed(tokenizer: Tokenizer, text: str, length: int) -> dict[str, np.ndarray]:
@@ -117,16 +123,7 @@ def main() -> int:
         lengths = {
             n: _side_by_side(fp32, chosen, _feed(tokenizer, text, n), args.runs) for n in (16, 128)
         }
-        embeddings = []
-        for sentence in sentences:
-            enc = tokenizer.encode(sentence)
-            feed = {
-                "input_ids": np.array([enc.ids], np.int64),
-                "attention_mask": np.array([enc.attention_mask], np.int64),
-                "token_type_ids": np.array([enc.type_ids], np.int64),
-            }
-            embeddings.append(chosen.run(["sentence_embedding"], feed)[0][0])
-        emb = np.stack(embeddings)
+        emb = sentence_embeddings(chosen, tokenizer, sentences)
         ref = np.load(minilm / "reference.npz")["sentence_embedding"]
         cos = np.sum(emb * ref, 1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
         report = {

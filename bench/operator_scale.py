@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ sys.path.insert(0, str(ROOT / "hack"))
 from kubernetes import client, config  # noqa: E402
 
 from localkube import Cluster  # noqa: E402
+from localkube.ports import free_port  # noqa: E402
+from modelship.api import v1alpha1 as api  # noqa: E402
 from modelship.api.artifact import ArtifactStore, BuildPlan  # noqa: E402
 from modelship.api.v1alpha1 import ModelSource  # noqa: E402
 
@@ -48,12 +49,6 @@ NS = "bench"
 SHA = "ef" * 32
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 IDLE_WINDOW_S = 45.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(url: str) -> str:
@@ -115,7 +110,7 @@ def create_all(custom: client.CustomObjectsApi, n: int) -> None:
             "spec": {"model": {"uri": "s3://models/bench/model.onnx", "sha256": SHA}},
         }
         custom.create_namespaced_custom_object(
-            "modelship.io", "v1alpha1", NS, "modeldeployments", body
+            api.GROUP, api.VERSION, NS, api.PLURAL, body
         )
 
     with ThreadPoolExecutor(8) as pool:
@@ -124,7 +119,7 @@ def create_all(custom: client.CustomObjectsApi, n: int) -> None:
 
 def settled(custom: client.CustomObjectsApi, n: int) -> int:
     items = custom.list_namespaced_custom_object(
-        "modelship.io", "v1alpha1", NS, "modeldeployments"
+        api.GROUP, api.VERSION, NS, api.PLURAL
     )["items"]
     return sum(
         1

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,11 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "hack"), str(REPO / "tests" / "runtime")]
+import modelfactory  # noqa: E402
+
+from localkube.ports import free_port  # noqa: E402
+
 MODELS = Path(os.environ.get("MODELSHIP_MODELS_DIR", REPO.parent / "shared" / "models"))
 MINILM = MODELS / "all-MiniLM-L6-v2"
 CONCURRENCY = (1, 8, 32)
@@ -53,41 +57,15 @@ clients to re-send after a batch (parsing 32 requests takes ~5 ms here), so batc
 
 
 def digits_mlp(path: Path) -> tuple[Path, np.ndarray]:
-    """An MLP trained on sklearn's digits, written with onnx.helper; returns (model, one row)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """An MLP trained on sklearn's digits (the runtime tests' graph); returns (model, one row)."""
     from sklearn.datasets import load_digits
     from sklearn.neural_network import MLPClassifier
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0).fit(x, y)
-    weights = [
-        numpy_helper.from_array(np.asarray(a, np.float32), n)
-        for a, n in zip(
-            [clf.coefs_[0], clf.intercepts_[0], clf.coefs_[1], clf.intercepts_[1]],
-            ["w1", "b1", "w2", "b2"],
-            strict=True,
-        )
-    ]
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "w1"], ["h0"]),
-            helper.make_node("Add", ["h0", "b1"], ["h1"]),
-            helper.make_node("Relu", ["h1"], ["h2"]),
-            helper.make_node("MatMul", ["h2", "w2"], ["l0"]),
-            helper.make_node("Add", ["l0", "b2"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        ],
-        "digits",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
-        weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path, x[:1]
+    weights = [clf.coefs_[0], clf.intercepts_[0], clf.coefs_[1], clf.intercepts_[1]]
+    return modelfactory.mlp_from_weights(path, weights, label=False), x[:1]
 
 
 def minilm_feeds(length: int, batch: int = 1) -> dict[str, np.ndarray]:
@@ -181,13 +159,6 @@ def limit(case: Case, seconds: float) -> dict[str, Any]:
 
 
 # --- servers -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 MLSERVER_RUNTIME = """

@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from modelship.api.artifact import Manifest, Signature
 from modelship.api.v1alpha1 import TensorDatatype, TensorSpec
 from modelship_runtime.store import file_sha256
+
+A = TypeVar("A")
+
+
+def run_all_at_once(target: Callable[[A], object], args: Sequence[A]) -> None:
+    """``target(arg)`` for every arg, each in its own thread, released together by a barrier;
+    the first exception of any thread is raised here."""
+    barrier = threading.Barrier(len(args))
+    errors: list[BaseException] = []
+
+    def run(arg: A) -> None:
+        try:
+            barrier.wait()
+            target(arg)
+        except BaseException as e:  # re-raised in the calling thread below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def mlp_onnx(weights: list[tuple[np.ndarray, np.ndarray]], softmax: bool = True) -> onnx.ModelProto:
@@ -61,3 +89,19 @@ def manifest_for(model: Path, digest: str, variant: str = "fp32") -> Manifest:
         source_size_bytes=1,
         signature=Signature(inputs=[spec], outputs=[spec]),
     )
+
+
+def sentence_embeddings(
+    session: ort.InferenceSession, tokenizer: Any, sentences: Sequence[str]
+) -> np.ndarray:
+    """MiniLM embeddings, one unpadded sentence a call, as a client would send them."""
+    out = []
+    for sentence in sentences:
+        enc = tokenizer.encode(sentence)
+        feed = {
+            "input_ids": np.array([enc.ids], np.int64),
+            "attention_mask": np.array([enc.attention_mask], np.int64),
+            "token_type_ids": np.array([enc.type_ids], np.int64),
+        }
+        out.append(session.run(["sentence_embedding"], feed)[0][0])
+    return np.stack(out)

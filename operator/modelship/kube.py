@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +25,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from modelship.api import v1alpha1 as api
+from modelship.api.timestamps import format_time, now
 from modelship.domain import naming
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class Kube:
         self, owner: naming.Owner, type_: str, reason: str, message: str, component: str
     ) -> None:
         """A core/v1 Event on the ModelDeployment (what ``kubectl describe`` shows)."""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = format_time(now())
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -266,8 +266,8 @@ class Kube:
             "message": message[:1024],
             "source": {"component": component},
             "reportingComponent": component,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
             "count": 1,
         }
         try:

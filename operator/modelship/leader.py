@@ -22,9 +22,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from modelship.api.timestamps import format_micro_time, now
 from modelship.domain import naming
 from modelship.kube import Kube
 
@@ -47,7 +47,7 @@ class Timing:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_micro_time(now())
 
 
 class LeaderElector:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from modelship.api.timestamps import format_time, now
 from modelship.api.v1alpha1 import ModelDeploymentSpec, Phase
 from modelship.domain import desired, health, naming
 from modelship.domain.lifecycle import (
@@ -45,14 +45,6 @@ from modelship.metrics import OperatorMetrics
 log = logging.getLogger(__name__)
 
 SERVING_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -110,7 +102,7 @@ class Reconciler:
         obs = self._observe(owner, generation, spec, target)
         state, actions = step(state_from_status(previous), obs)
         writes = self._act(owner, spec, target, obs, actions, memory)
-        status = compute(state, obs, previous, owner, spec.serving.grpc, _stamp(_now()))
+        status = compute(state, obs, previous, owner, spec.serving.grpc, format_time(now()))
         writes += self._write_status(owner, previous, status, memory)
         busy = state.busy or state.phase is Phase.DEGRADED
         return Outcome(
@@ -143,7 +135,7 @@ class Reconciler:
             "observedGeneration": generation,
             "phase": Phase.FAILED.value,
             "conditions": merge_conditions(
-                previous.get("conditions") or [], conds, generation, _stamp(_now())
+                previous.get("conditions") or [], conds, generation, format_time(now())
             ),
         }
         self._write_status(owner, previous, status, memory)
@@ -166,7 +158,7 @@ class Reconciler:
         problems = health.rollout_problems(rollout, naming.serving_name(owner.name))
         if health.needs_pod_check(rollout):
             pods = self.kube.list("Pod", ns, naming.selector_labels(owner.name))
-            problems += health.pod_problems(pods, _now(), self.settings.ready_grace_seconds)
+            problems += health.pod_problems(pods, now(), self.settings.ready_grace_seconds)
         return Observation(generation, target, stored, build, rollout, tuple(problems))
 
     def _observe_build(self, owner: naming.Owner, target: BuildTarget) -> BuildObservation:

@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -115,6 +116,26 @@ def _write_local_atomically(dest: Path, data: bytes) -> None:
     os.replace(tmp, dest)
 
 
+def _download_verified(
+    store: Store, digest: str, fetch: Callable[[str, Path], object], dest: Path
+) -> Manifest:
+    """Fetch the model (``fetch(model_file, to)``) next to ``dest``, check it against the
+    manifest, then move both in. A model that does not match never stays in ``dest``."""
+    manifest = store.get_manifest(digest)
+    if manifest is None:
+        raise StoreError(f"artifact {digest} is not in {store.uri}; build it first")
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".{manifest.model_file}.{uuid.uuid4().hex}.tmp"
+    try:
+        fetch(manifest.model_file, tmp)
+        _check_model(tmp, manifest, store.artifact_uri(digest))
+        os.replace(tmp, dest / manifest.model_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _write_local_atomically(dest / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+    return manifest
+
+
 class DirectoryStore:
     """A store in a local directory; publishing is a rename of a complete temp folder."""
 
@@ -139,16 +160,10 @@ class DirectoryStore:
             return None
 
     def download(self, digest: str, dest: Path) -> Manifest:
-        manifest = self.get_manifest(digest)
-        if manifest is None:
-            raise StoreError(f"artifact {digest} is not in {self.uri}; build it first")
-        dest.mkdir(parents=True, exist_ok=True)
-        tmp = dest / f".{manifest.model_file}.{uuid.uuid4().hex}.tmp"
-        shutil.copyfile(self._dir(digest) / manifest.model_file, tmp)
-        _check_model(tmp, manifest, f"{self.artifact_uri(digest)}")
-        os.replace(tmp, dest / manifest.model_file)
-        _write_local_atomically(dest / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
-        return manifest
+        source = self._dir(digest)
+        return _download_verified(
+            self, digest, lambda name, tmp: shutil.copyfile(source / name, tmp), dest
+        )
 
     def publish(self, digest: str, model: Path, manifest: Manifest) -> str:
         final = self._dir(digest)
@@ -232,21 +247,14 @@ class S3Store:
         return sha
 
     def download(self, digest: str, dest: Path) -> Manifest:
-        manifest = self.get_manifest(digest)
-        if manifest is None:
-            raise StoreError(f"artifact {digest} is not in {self.uri}; build it first")
-        dest.mkdir(parents=True, exist_ok=True)
-        tmp = dest / f".{manifest.model_file}.{uuid.uuid4().hex}.tmp"
-        try:
-            self.client.download_file(
-                self.bucket, self._key(digest_hex(digest), manifest.model_file), str(tmp)
-            )
-            _check_model(tmp, manifest, self.artifact_uri(digest))
-            os.replace(tmp, dest / manifest.model_file)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _write_local_atomically(dest / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
-        return manifest
+        return _download_verified(
+            self,
+            digest,
+            lambda name, tmp: self.client.download_file(
+                self.bucket, self._key(digest_hex(digest), name), str(tmp)
+            ),
+            dest,
+        )
 
     def publish(self, digest: str, model: Path, manifest: Manifest) -> str:
         # S3 has no rename. Model first, manifest last; readers trust only a manifest whose

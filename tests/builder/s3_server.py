@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -12,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from localkube.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
@@ -32,13 +33,6 @@ def minio_binary() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -57,7 +51,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 @contextmanager
 def minio(workdir: Path) -> Iterator[S3Server]:
     binary = minio_binary()
-    port, console = _free_port(), _free_port()
+    port, console = free_port(), free_port()
     server = S3Server(f"http://127.0.0.1:{port}", "modelship", "modelship-secret")
     log = workdir / "minio.log"
     env = {

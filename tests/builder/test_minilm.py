@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from builder_helpers import sentence_embeddings
 from modelship.api.artifact import BuildPlan
 from modelship.api.v1alpha1 import CalibrationSpec, Precision
 from modelship_runtime.builder.benchmark import BenchSettings
@@ -27,16 +28,7 @@ def _embed_sentences(model: Path, minilm: Path) -> np.ndarray:
     tokenizer = Tokenizer.from_file(str(minilm / "tokenizer.json"))
     sentences = [s for s in (minilm / "sentences.txt").read_text().splitlines() if s]
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    out = []
-    for sentence in sentences:
-        enc = tokenizer.encode(sentence)
-        feed = {
-            "input_ids": np.array([enc.ids], np.int64),
-            "attention_mask": np.array([enc.attention_mask], np.int64),
-            "token_type_ids": np.array([enc.type_ids], np.int64),
-        }
-        out.append(session.run(["sentence_embedding"], feed)[0][0])
-    return np.stack(out)
+    return sentence_embeddings(session, tokenizer, sentences)
 
 
 def test_auto_picks_int8_dynamic_within_budget(

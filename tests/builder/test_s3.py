@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 from s3_server import S3Server, minio
 
-from builder_helpers import manifest_for
+from builder_helpers import manifest_for, run_all_at_once
 from modelship.api.artifact import ArtifactStore, BuildPlan
 from modelship.api.serving import MODEL_DIR, env_name
 from modelship.api.v1alpha1 import ModelDeploymentSpec, Precision, S3Settings
@@ -92,23 +91,11 @@ def test_concurrent_publishes_settle_on_one_intact_artifact(
         path = tmp_path / f"{i}.onnx"
         path.write_bytes(f"variant-{i}".encode() * 5000)
         models.append(path)
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(models))
 
     def publish(model: Path) -> None:
-        try:
-            store = S3Store(f"s3://{name}/a", client)
-            barrier.wait()
-            store.publish(digest, model, manifest_for(model, digest))
-        except BaseException as e:  # re-raised by the test thread below
-            errors.append(e)
+        S3Store(f"s3://{name}/a", client).publish(digest, model, manifest_for(model, digest))
 
-    threads = [threading.Thread(target=publish, args=(m,)) for m in models]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_all_at_once(publish, models)
     got = S3Store(f"s3://{name}/a", client).download(digest, tmp_path / "dest")
     assert got.model_sha256 == file_sha256(tmp_path / "dest" / "model.onnx")
 

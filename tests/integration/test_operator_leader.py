@@ -18,12 +18,12 @@ from test_operator_reconcile import (
     Kube,
     Operator,
     model_spec,
-    wait_for,
 )
 
 from modelship.kube import Kube as OperatorKube
 from modelship.kube import KubeError
 from modelship.leader import LeaderElector, Timing
+from polling import wait_for
 
 pytestmark = [
     pytest.mark.integration,

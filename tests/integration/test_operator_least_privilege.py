@@ -14,8 +14,9 @@ from test_operator_reconcile import (
     model_spec,
     only_job,
     result_json,
-    wait_for,
 )
+
+from polling import wait_for
 
 pytestmark = [
     pytest.mark.integration,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,11 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
+from localkube.ports import free_port
+from modelship.api.serving import MODEL_DIR
+from modelship.api.v1alpha1 import GROUP, PLURAL, VERSION
+from polling import wait_for
+
 pytestmark = [
     pytest.mark.integration,
     # kubernetes 34's ApiException reads headers through urllib3's deprecated getheaders().
@@ -29,28 +33,8 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
 SHA = "ab" * 32
 T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class Operator:
     """``python -m modelship`` in a subprocess, watching one namespace."""
@@ -291,7 +275,8 @@ def test_apply_builds_then_serves_with_the_expected_children(
     pod = dep.spec.template.spec
     server = pod.containers[0]
     model = next(m for m in server.volume_mounts if m.name == "model")
-    assert (model.mount_path, model.sub_path, model.read_only) == ("/model", "cd" * 32, True)
+    mounted = (model.mount_path, model.sub_path, model.read_only)
+    assert mounted == (str(MODEL_DIR), "cd" * 32, True)
     assert server.readiness_probe.http_get.path == "/v2/health/ready"
     assert server.liveness_probe.http_get.path == "/v2/health/live"
     assert server.security_context.read_only_root_filesystem is True

@@ -20,6 +20,15 @@ def mlp(path: Path, batch_dim: str | int = "batch", seed: int = 0) -> Path:
     b1 = rng.normal(0, 0.1, 32).astype(np.float32)
     w2 = rng.normal(0, 0.2, (32, CLASSES)).astype(np.float32)
     b2 = rng.normal(0, 0.1, CLASSES).astype(np.float32)
+    return mlp_from_weights(path, [w1, b1, w2, b2], batch_dim)
+
+
+def mlp_from_weights(
+    path: Path, weights: list[np.ndarray], batch_dim: str | int = "batch", label: bool = True
+) -> Path:
+    """One hidden ReLU layer from [w1, b1, w2, b2]: input [batch, in] -> probabilities
+    [batch, classes] (softmax) and, with ``label``, the arg-max INT64 [batch]."""
+    w1, b1, w2, b2 = (np.asarray(a, np.float32) for a in weights)
     nodes = [
         helper.make_node("MatMul", ["input", "w1"], ["h0"]),
         helper.make_node("Add", ["h0", "b1"], ["h1"]),
@@ -27,16 +36,19 @@ def mlp(path: Path, batch_dim: str | int = "batch", seed: int = 0) -> Path:
         helper.make_node("MatMul", ["h2", "w2"], ["l0"]),
         helper.make_node("Add", ["l0", "b2"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
     ]
+    classes = w2.shape[1]
+    outputs = [
+        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch_dim, classes])
+    ]
+    if label:
+        nodes.append(helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0))
+        outputs.append(helper.make_tensor_value_info("label", TensorProto.INT64, [batch_dim]))
     graph = helper.make_graph(
         nodes,
         "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch_dim, FEATURES])],
-        [
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch_dim, CLASSES]),
-            helper.make_tensor_value_info("label", TensorProto.INT64, [batch_dim]),
-        ],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch_dim, w1.shape[0]])],
+        outputs,
         [
             numpy_helper.from_array(a, n)
             for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tritonclient.http as thttp
 
-from conftest import REPO, free_port
+from conftest import REPO
+from localkube.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

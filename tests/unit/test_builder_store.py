@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
 from builder_helpers import manifest_for as shared_manifest_for
+from builder_helpers import run_all_at_once
 from modelship.api.artifact import ArtifactStore, Manifest
 from modelship_runtime.io_settings import IOSettings
 from modelship_runtime.store import (
@@ -64,22 +64,7 @@ def test_publish_is_idempotent_first_one_stands(tmp_path: Path) -> None:
 def test_concurrent_publishes_leave_one_intact_artifact(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path / "store")
     models = [_model(tmp_path, f"bytes-{i}".encode() * 1000, f"{i}.onnx") for i in range(8)]
-    barrier = threading.Barrier(len(models))
-    errors: list[BaseException] = []
-
-    def publish(model: Path) -> None:
-        try:
-            barrier.wait()
-            store.publish(DIGEST, model, manifest_for(model))
-        except BaseException as e:  # collected and re-raised by the test thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=publish, args=(m,)) for m in models]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_all_at_once(lambda model: store.publish(DIGEST, model, manifest_for(model)), models)
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["ab" * 32]
     store.download(DIGEST, tmp_path / "dest")  # checks the bytes against model_sha256
 

@@ -5,20 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from modelship.api.timestamps import parse_time
+from modelship.domain import pod_faults
 from modelship.domain.observation import Problem, RolloutObservation
-
-_PULL_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-_CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 
 
 def _age_seconds(timestamp: str | None, now: datetime) -> float:
-    if not timestamp:
-        return 0.0
-    try:
-        then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return (now - then).total_seconds()
+    then = parse_time(timestamp)
+    return 0.0 if then is None else (now - then).total_seconds()
 
 
 def _container_problem(pod: str, cs: dict[str, Any], now: datetime, grace: float) -> Problem | None:
@@ -44,17 +38,17 @@ def _container_problem(pod: str, cs: dict[str, Any], now: datetime, grace: float
             f"restarts{exit_info}); see kubectl logs {pod} -c {name} --previous",
             pod,
         )
-    if reason in _PULL_ERRORS:
+    fault = pod_faults.start_fault(cs)
+    if fault is not None and fault.image_pull:
         return Problem(
             "ImagePullError",
-            f"pod {pod}: cannot pull image {cs.get('image', '')} ({reason}: "
-            f"{waiting.get('message', '')}); check the operator's MODELSHIP_RUNTIME_IMAGE and "
-            "the registry credentials",
+            f"pod {pod}: cannot pull image {fault.image} ({fault.reason}: {fault.message}); "
+            "check the operator's MODELSHIP_RUNTIME_IMAGE and the registry credentials",
             pod,
         )
-    if reason in _CONFIG_ERRORS:
+    if fault is not None:
         return Problem(
-            reason, f"pod {pod}: container {name} cannot start: {waiting.get('message', '')}", pod
+            fault.reason, f"pod {pod}: container {name} cannot start: {fault.message}", pod
         )
     running = state.get("running")
     if (
@@ -74,31 +68,26 @@ def _container_problem(pod: str, cs: dict[str, Any], now: datetime, grace: float
 def pod_problems(pods: list[dict[str, Any]], now: datetime, grace: float) -> list[Problem]:
     """Faults of the given pods, one per pod at most, ordered by pod name."""
     found: list[Problem] = []
-    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
-        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-        if meta.get("deletionTimestamp"):
+    for pod in sorted(pods, key=pod_faults.pod_name):
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        name = meta.get("name", "?")
-        problem = None
-        for cs in (status.get("initContainerStatuses") or []) + (
-            status.get("containerStatuses") or []
-        ):
-            problem = _container_problem(name, cs, now, grace)
-            if problem:
-                break
-        if problem is None:
-            for cond in status.get("conditions") or []:
-                if (
-                    cond.get("type") == "PodScheduled"
-                    and cond.get("status") == "False"
-                    and cond.get("reason") == "Unschedulable"
-                ):
-                    problem = Problem(
-                        "Unschedulable",
-                        f"pod {name} cannot be scheduled: {cond.get('message', '')}; lower "
-                        "spec.serving.resources.requests or add capacity",
-                        name,
-                    )
+        name = pod_faults.pod_name(pod)
+        problem = next(
+            (
+                p
+                for cs in pod_faults.container_statuses(pod)
+                if (p := _container_problem(name, cs, now, grace)) is not None
+            ),
+            None,
+        )
+        scheduler_says = pod_faults.unschedulable(pod) if problem is None else None
+        if scheduler_says is not None:
+            problem = Problem(
+                "Unschedulable",
+                f"pod {name} cannot be scheduled: {scheduler_says}; lower "
+                "spec.serving.resources.requests or add capacity",
+                name,
+            )
         if problem:
             found.append(problem)
     return found

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from modelship.domain import naming
+from modelship.api.timestamps import seconds_between
+from modelship.domain import naming, pod_faults
 from modelship.domain.plan import BuildTarget
 
 MAX_MESSAGE = 1024
@@ -131,17 +131,6 @@ def _shorten(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
-def _seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    try:
-        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        b = datetime.fromisoformat(end.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (b - a).total_seconds()
-
-
 def termination_messages(pods: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(pod phase, reason, message) of each terminated builder container, newest first."""
     found: list[tuple[str, str, str, str]] = []
@@ -195,7 +184,7 @@ def parse_build(
     )
     conditions = _conditions(job)
     status = job.get("status") or {}
-    duration = _seconds_between(status.get("startTime"), status.get("completionTime"))
+    duration = seconds_between(status.get("startTime"), status.get("completionTime"))
     messages = termination_messages(pods)
     if conditions.get("Complete", {}).get("status") == "True":
         for phase, _reason, message in messages:
@@ -231,7 +220,7 @@ def parse_build(
             reason=job_reason,
             message=_shorten("; ".join(parts)),
             owned=owned,
-            duration_seconds=_seconds_between(
+            duration_seconds=seconds_between(
                 status.get("startTime"), failed.get("lastTransitionTime")
             ),
         )
@@ -246,35 +235,30 @@ def parse_build(
 STUCK_BUILD_REASONS = frozenset({"BuildUnschedulable", "BuildPodWaiting"})
 """The reasons a running build gets when its pod cannot start (see _stuck_builder)."""
 
-_STUCK_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",
-                  "CreateContainerConfigError"}  # fmt: skip
-
 
 def _stuck_builder(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     """(reason, message) when a pending builder pod cannot start, as Kubernetes reports it."""
     for pod in pods:
-        status = pod.get("status") or {}
-        if status.get("phase") != "Pending":
+        if (pod.get("status") or {}).get("phase") != "Pending":
             continue
-        name = (pod.get("metadata") or {}).get("name", "")
-        for cond in status.get("conditions") or []:
-            if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
-                "PodScheduled",
-                "False",
-                "Unschedulable",
-            ):
-                return "BuildUnschedulable", _shorten(
-                    f"builder pod {name} cannot be scheduled: {cond.get('message') or ''}; "
-                    "lower the build resources (operator MODELSHIP_BUILD_CPU/MODELSHIP_BUILD_"
-                    "MEMORY, chart values build.cpu/build.memory) or add node capacity"
-                )
-        for cs in status.get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _STUCK_WAITING:
+        name = pod_faults.pod_name(pod)
+        scheduler_says = pod_faults.unschedulable(pod)
+        if scheduler_says is not None:
+            return "BuildUnschedulable", _shorten(
+                f"builder pod {name} cannot be scheduled: {scheduler_says}; "
+                "lower the build resources (operator MODELSHIP_BUILD_CPU/MODELSHIP_BUILD_"
+                "MEMORY, chart values build.cpu/build.memory) or add node capacity"
+            )
+        for cs in pod_faults.container_statuses(pod):
+            fault = pod_faults.start_fault(cs)
+            if fault is not None:
                 return "BuildPodWaiting", _shorten(
-                    f"builder pod {name} cannot start: {waiting['reason']}: "
-                    f"{waiting.get('message') or ''}; check the runtime image "
-                    "(MODELSHIP_RUNTIME_IMAGE, chart values runtimeImage)"
+                    f"builder pod {name} cannot start: {fault.reason}: {fault.message}; check "
+                    + (
+                        "the runtime image (MODELSHIP_RUNTIME_IMAGE, chart values runtimeImage)"
+                        if fault.image_pull
+                        else "the Secrets and volumes the spec names"
+                    )
                 )
     return None
 
