@@ -104,27 +104,20 @@ def _pvc_claims(spec: ModelDeploymentSpec) -> list[str]:
     return sorted({urlparse(u).netloc for u in uris if u.startswith("pvc://")})
 
 
-def build_job(
-    spec: ModelDeploymentSpec, target: BuildTarget, owner: Owner, settings: Settings
-) -> dict[str, Any]:
-    """The builder Job. Its name comes from the digest (or request key), never from the owner."""
-    plan_json = target.plan.model_dump_json(by_alias=True, exclude_none=True)
-    volumes: list[dict[str, Any]] = [
-        {
-            "name": "plan",
-            "downwardAPI": {
-                "items": [
-                    {
-                        "path": "plan.json",
-                        "fieldRef": {
-                            "fieldPath": f"metadata.annotations['{naming.ANNOTATION_PLAN}']"
-                        },
-                    }
-                ]
-            },
-        },
-        {"name": "tmp", "emptyDir": {}},
-    ]
+def _plan_volume() -> dict[str, Any]:
+    """The build plan, projected from the pod's annotation into ``plan.json``."""
+    path = f"metadata.annotations['{naming.ANNOTATION_PLAN}']"
+    return {
+        "name": "plan",
+        "downwardAPI": {"items": [{"path": "plan.json", "fieldRef": {"fieldPath": path}}]},
+    }
+
+
+def _build_volumes(
+    spec: ModelDeploymentSpec, settings: Settings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) of the builder: plan, scratch, the store (PVC mode), each pvc:// source."""
+    volumes: list[dict[str, Any]] = [_plan_volume(), {"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [
         {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
@@ -144,12 +137,41 @@ def build_job(
         mounts.append(
             {"name": f"source-{i}", "mountPath": str(PVC_SOURCE_ROOT / claim), "readOnly": True}
         )
+    return volumes, mounts
+
+
+def _builder_container(
+    spec: ModelDeploymentSpec, settings: Settings, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
     # One set of AWS_* variables per pod: the source's Secret wins, the store's is the fallback.
     source_secret = spec.model.s3.secret_name if spec.model.s3 else None
     env = [
         *SourceMounts(pvc_root=PVC_SOURCE_ROOT).to_env(),
         *_secret_env(source_secret or settings.store_s3_secret),
     ]
+    return {
+        "name": "builder",
+        "image": settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "modelship_runtime"],
+        "args": ["build", "--plan", f"{PLAN_DIR}/plan.json"],
+        "env": env,
+        "resources": {
+            "requests": {"cpu": settings.build_cpu, "memory": settings.build_memory},
+            "limits": {"memory": settings.build_memory},
+        },
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+
+
+def build_job(
+    spec: ModelDeploymentSpec, target: BuildTarget, owner: Owner, settings: Settings
+) -> dict[str, Any]:
+    """The builder Job. Its name comes from the digest (or request key), never from the owner."""
+    plan_json = target.plan.model_dump_json(by_alias=True, exclude_none=True)
+    volumes, mounts = _build_volumes(spec, settings)
     labels = naming.build_labels(target.key)
     annotations = {
         naming.ANNOTATION_PLAN_KEY: target.plan.plan_key,
@@ -177,26 +199,7 @@ def build_job(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": _pod_security(),
-                    "containers": [
-                        {
-                            "name": "builder",
-                            "image": settings.runtime_image,
-                            "imagePullPolicy": settings.image_pull_policy,
-                            "command": ["python", "-m", "modelship_runtime"],
-                            "args": ["build", "--plan", f"{PLAN_DIR}/plan.json"],
-                            "env": env,
-                            "resources": {
-                                "requests": {
-                                    "cpu": settings.build_cpu,
-                                    "memory": settings.build_memory,
-                                },
-                                "limits": {"memory": settings.build_memory},
-                            },
-                            "securityContext": _container_security(),
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "volumeMounts": mounts,
-                        }
-                    ],
+                    "containers": [_builder_container(spec, settings, mounts)],
                     "volumes": volumes,
                 },
             },
@@ -302,6 +305,49 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def _serving_ports(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    ports = [
+        {"name": "http", "containerPort": REST_PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+    ]
+    if spec.serving.grpc:
+        ports.insert(1, {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
+    return ports
+
+
+def _serving_pod_spec(
+    spec: ModelDeploymentSpec, owner: Owner, artifact: Artifact, settings: Settings
+) -> dict[str, Any]:
+    volume, mount, init = _artifact_volume(artifact, settings)
+    server = {
+        "name": "server",
+        "image": settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "modelship_runtime"],
+        "args": ["serve"],
+        "env": serving_config(spec, owner, artifact).to_env(),
+        "ports": _serving_ports(spec),
+        "resources": _resources(spec),
+        "securityContext": _container_security(),
+        "startupProbe": _probe("/v2/health/live", 2, 60),
+        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "readinessProbe": _probe("/v2/health/ready", 5, 2),
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
+        "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": _pod_security(),
+        "containers": [server],
+        "volumes": [volume, {"name": "tmp", "emptyDir": {}}],
+    }
+    if init:
+        pod_spec["initContainers"] = init
+    return pod_spec
+
+
 def deployment(
     spec: ModelDeploymentSpec,
     owner: Owner,
@@ -311,45 +357,11 @@ def deployment(
 ) -> dict[str, Any]:
     name = naming.serving_name(owner.name)
     labels = naming.serving_labels(owner.name)
-    volume, mount, init = _artifact_volume(artifact, settings)
-    ports = [
-        {"name": "http", "containerPort": REST_PORT, "protocol": "TCP"},
-        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-    ]
-    if spec.serving.grpc:
-        ports.insert(1, {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
     meta = _meta(name, owner, labels)
     meta["annotations"] = {
         naming.ANNOTATION_ARTIFACT: artifact.to_json(),
         naming.ANNOTATION_REQUEST_KEY: request_key,
     }
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "securityContext": _pod_security(),
-        "containers": [
-            {
-                "name": "server",
-                "image": settings.runtime_image,
-                "imagePullPolicy": settings.image_pull_policy,
-                "command": ["python", "-m", "modelship_runtime"],
-                "args": ["serve"],
-                "env": serving_config(spec, owner, artifact).to_env(),
-                "ports": ports,
-                "resources": _resources(spec),
-                "securityContext": _container_security(),
-                "startupProbe": _probe("/v2/health/live", 2, 60),
-                "livenessProbe": _probe("/v2/health/live", 10, 3),
-                "readinessProbe": _probe("/v2/health/ready", 5, 2),
-                "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
-                "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
-            }
-        ],
-        "volumes": [volume, {"name": "tmp", "emptyDir": {}}],
-    }
-    if init:
-        pod_spec["initContainers"] = init
     return with_hash(
         {
             "apiVersion": "apps/v1",
@@ -371,7 +383,7 @@ def deployment(
                         "labels": labels,
                         "annotations": {naming.ANNOTATION_DIGEST: artifact.digest},
                     },
-                    "spec": pod_spec,
+                    "spec": _serving_pod_spec(spec, owner, artifact, settings),
                 },
             },
         }

@@ -97,66 +97,72 @@ def _resolve(obs: Observation) -> tuple[Artifact | None, list[Action]]:
 
 def _next(obs: Observation) -> tuple[State, list[Action]]:
     artifact, actions = _resolve(obs)
-    build = obs.build
-    serving = obs.rollout.artifact
     if artifact is None:
-        # The previous artifact keeps serving while the new one builds or after it failed.
-        keep: list[Action] = (
-            [EnsureServing(serving, obs.rollout.request_key)] if serving is not None else []
-        )
-        if build.state is BuildState.FAILED:
-            return State(Phase.DEGRADED, "BuildFailed", build.message), keep
-        if build.state is BuildState.ABSENT:
-            return State(
-                Phase.BUILDING,
-                "Building",
-                f"building the artifact in Job {obs.target.job_name}",
-            ), [StartBuild(), *keep]
-        adopt: list[Action] = [] if build.owned else [AdoptBuild()]
-        if build.reason:  # the builder pod cannot start; say why (it may still, e.g. new nodes)
-            return State(Phase.BUILDING, build.reason, build.message), adopt + keep
-        return State(
-            Phase.BUILDING, "Building", f"building the artifact in Job {build.job_name}"
-        ), adopt + keep
-
+        return _while_building(obs)
     actions.append(EnsureServing(artifact))
-    rollout = obs.rollout
-    rolled = rollout.artifact is not None and rollout.artifact.digest == artifact.digest
+    return _serving(obs, artifact), actions
+
+
+def _while_building(obs: Observation) -> tuple[State, list[Action]]:
+    """No artifact for the spec yet: the previous one keeps serving while the build runs or
+    after it failed."""
+    build, serving = obs.build, obs.rollout.artifact
+    keep: list[Action] = (
+        [EnsureServing(serving, obs.rollout.request_key)] if serving is not None else []
+    )
+    if build.state is BuildState.FAILED:
+        return State(Phase.DEGRADED, "BuildFailed", build.message), keep
+    if build.state is BuildState.ABSENT:
+        return State(
+            Phase.BUILDING,
+            "Building",
+            f"building the artifact in Job {obs.target.job_name}",
+        ), [StartBuild(), *keep]
+    adopt: list[Action] = [] if build.owned else [AdoptBuild()]
+    if build.reason:  # the builder pod cannot start; say why (it may still, e.g. new nodes)
+        return State(Phase.BUILDING, build.reason, build.message), adopt + keep
+    return State(
+        Phase.BUILDING, "Building", f"building the artifact in Job {build.job_name}"
+    ), adopt + keep
+
+
+def _serving(obs: Observation, artifact: Artifact) -> State:
+    """The artifact exists: how far the Deployment is in serving it."""
+    rollout, serving = obs.rollout, obs.rollout.artifact
+    rolled = serving is not None and serving.digest == artifact.digest
     if rolled and obs.problems:
         first = obs.problems[0]
         more = f" (and {len(obs.problems) - 1} more)" if len(obs.problems) > 1 else ""
-        return State(Phase.DEGRADED, first.reason, first.message + more, artifact), actions
+        return State(Phase.DEGRADED, first.reason, first.message + more, artifact)
+    if serving is None:
+        return State(
+            Phase.DEPLOYING, "Deploying", f"deploying artifact {artifact.digest}", artifact
+        )
     if not rolled:
-        if serving is None:
-            return State(
-                Phase.DEPLOYING, "Deploying", f"deploying artifact {artifact.digest}", artifact
-            ), actions
         return State(
             Phase.PROGRESSING,
             "RollingOut",
             f"replacing artifact {serving.digest} with {artifact.digest}",
             artifact,
-        ), actions
+        )
     if rollout.complete and rollout.ready >= rollout.desired:
         return State(
             Phase.READY,
             "Ready",
             f"{rollout.ready}/{rollout.desired} pods serve artifact {artifact.digest}",
             artifact,
-        ), actions
+        )
     if rollout.available == 0 and rollout.updated == rollout.replicas:
         return State(
-            Phase.DEPLOYING,
-            "WaitingForPods",
-            f"{rollout.ready}/{rollout.desired} pods ready",
+            Phase.DEPLOYING, "WaitingForPods", f"{rollout.ready}/{rollout.desired} pods ready",
             artifact,
-        ), actions
+        )  # fmt: skip
     return State(
         Phase.PROGRESSING,
         "Progressing",
         f"{rollout.updated}/{rollout.desired} pods updated, {rollout.ready} ready",
         artifact,
-    ), actions
+    )
 
 
 def _events(before: State, after: State, actions: list[Action], obs: Observation) -> list[Emit]:

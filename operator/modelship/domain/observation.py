@@ -184,52 +184,73 @@ def parse_build(
     )
     conditions = _conditions(job)
     status = job.get("status") or {}
-    duration = seconds_between(status.get("startTime"), status.get("completionTime"))
     messages = termination_messages(pods)
     if conditions.get("Complete", {}).get("status") == "True":
-        for phase, _reason, message in messages:
-            result = Artifact.from_json(message) if phase == "Succeeded" else None
-            if result is not None:
-                return BuildObservation(
-                    BuildState.SUCCEEDED, name, result, owned=owned, duration_seconds=duration
-                )
-        if pinned is not None:
-            return BuildObservation(
-                BuildState.SUCCEEDED, name, pinned, owned=owned, duration_seconds=duration
-            )
-        return BuildObservation(
-            BuildState.FAILED,
-            name,
-            reason="BuildResultMissing",
-            message=f"build Job {name} completed but no builder pod holds its result "
-            "(termination message); delete the Job to build again",
-            owned=owned,
-        )
+        duration = seconds_between(status.get("startTime"), status.get("completionTime"))
+        return _completed(name, messages, pinned, owned, duration)
     failed = conditions.get("Failed", {})
     if failed.get("status") == "True":
-        detail = next((_builder_error(m) for _, _, m in messages if m), "")
-        job_reason = failed.get("reason") or "BuildFailed"
-        job_message = failed.get("message") or ""
-        parts = [f"build Job {name} failed ({job_reason}: {job_message})".replace(" ()", "")]
-        if detail:
-            parts.append(f"builder said: {detail}")
-        parts.append(f"fix the spec, or delete Job {name} to retry")
-        return BuildObservation(
-            BuildState.FAILED,
-            name,
-            reason=job_reason,
-            message=_shorten("; ".join(parts)),
-            owned=owned,
-            duration_seconds=seconds_between(
-                status.get("startTime"), failed.get("lastTransitionTime")
-            ),
-        )
+        duration = seconds_between(status.get("startTime"), failed.get("lastTransitionTime"))
+        return _failed(name, failed, messages, owned, duration)
     stuck = _stuck_builder(pods)
     if stuck is not None:
         return BuildObservation(
             BuildState.RUNNING, name, reason=stuck[0], message=stuck[1], owned=owned
         )
     return BuildObservation(BuildState.RUNNING, name, owned=owned)
+
+
+def _completed(
+    name: str,
+    messages: list[tuple[str, str, str]],
+    pinned: Artifact | None,
+    owned: bool,
+    duration: float | None,
+) -> BuildObservation:
+    """A complete Job: its result is the succeeded pod's termination message."""
+    for phase, _reason, message in messages:
+        result = Artifact.from_json(message) if phase == "Succeeded" else None
+        if result is not None:
+            return BuildObservation(
+                BuildState.SUCCEEDED, name, result, owned=owned, duration_seconds=duration
+            )
+    if pinned is not None:
+        return BuildObservation(
+            BuildState.SUCCEEDED, name, pinned, owned=owned, duration_seconds=duration
+        )
+    return BuildObservation(
+        BuildState.FAILED,
+        name,
+        reason="BuildResultMissing",
+        message=f"build Job {name} completed but no builder pod holds its result "
+        "(termination message); delete the Job to build again",
+        owned=owned,
+    )
+
+
+def _failed(
+    name: str,
+    failed: dict[str, Any],
+    messages: list[tuple[str, str, str]],
+    owned: bool,
+    duration: float | None,
+) -> BuildObservation:
+    """A failed Job: the Job's reason, and what the builder said about it."""
+    detail = next((_builder_error(m) for _, _, m in messages if m), "")
+    job_reason = failed.get("reason") or "BuildFailed"
+    job_message = failed.get("message") or ""
+    parts = [f"build Job {name} failed ({job_reason}: {job_message})".replace(" ()", "")]
+    if detail:
+        parts.append(f"builder said: {detail}")
+    parts.append(f"fix the spec, or delete Job {name} to retry")
+    return BuildObservation(
+        BuildState.FAILED,
+        name,
+        reason=job_reason,
+        message=_shorten("; ".join(parts)),
+        owned=owned,
+        duration_seconds=duration,
+    )
 
 
 STUCK_BUILD_REASONS = frozenset({"BuildUnschedulable", "BuildPodWaiting"})
