@@ -147,6 +147,62 @@ def coredns(image: str) -> list[dict[str, Any]]:
     ]
 
 
+def _auth_delegation(account: str) -> list[dict[str, Any]]:
+    """Bindings an aggregated API server needs to check its callers with the kube-apiserver."""
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"localkube:{account}:auth-delegator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:auth-delegator",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": NS}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": f"localkube:{account}:auth-reader", "namespace": NS},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "extension-apiserver-authentication-reader",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": NS}],
+        },
+    ]
+
+
+def _metrics_api(service: str) -> list[dict[str, Any]]:
+    """The Service in front of metrics-server and its registration as metrics.k8s.io."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service, "namespace": NS},
+            "spec": {
+                "selector": {"k8s-app": service},
+                "ports": [{"name": "https", "port": 443, "targetPort": 10250}],
+            },
+        },
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": "v1beta1.metrics.k8s.io"},
+            "spec": {
+                "service": {"name": service, "namespace": NS},
+                "group": "metrics.k8s.io",
+                "version": "v1beta1",
+                "insecureSkipTLSVerify": True,
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        },
+    ]
+
+
 def metrics_server(image: str) -> list[dict[str, Any]]:
     rules = [
         {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
@@ -155,28 +211,7 @@ def metrics_server(image: str) -> list[dict[str, Any]]:
     name = "metrics-server"
     return [
         *_account(name, rules),
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "localkube:metrics-server:auth-delegator"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "system:auth-delegator",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NS}],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": "localkube:metrics-server:auth-reader", "namespace": NS},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "extension-apiserver-authentication-reader",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NS}],
-        },
+        *_auth_delegation(name),
         _deployment(
             name,
             image,
@@ -196,28 +231,7 @@ def metrics_server(image: str) -> list[dict[str, Any]]:
             [{"name": "tmp", "emptyDir": {}}],
             [{"name": "tmp", "mountPath": "/tmp"}],
         ),
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "selector": {"k8s-app": name},
-                "ports": [{"name": "https", "port": 443, "targetPort": 10250}],
-            },
-        },
-        {
-            "apiVersion": "apiregistration.k8s.io/v1",
-            "kind": "APIService",
-            "metadata": {"name": "v1beta1.metrics.k8s.io"},
-            "spec": {
-                "service": {"name": name, "namespace": NS},
-                "group": "metrics.k8s.io",
-                "version": "v1beta1",
-                "insecureSkipTLSVerify": True,
-                "groupPriorityMinimum": 100,
-                "versionPriority": 100,
-            },
-        },
+        *_metrics_api(name),
     ]
 
 

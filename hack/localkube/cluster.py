@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,10 +24,22 @@ from pathlib import Path
 
 from localkube import addons, binaries, node
 from localkube.pki import ClusterPKI, KeyPair, create_pki
+from localkube.ports import free_port
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATE_FILE = "state.json"
 _STOP_GRACE_S = 15.0
+APISERVER_NAMES = (
+    "127.0.0.1",
+    node.NODE_IP,
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+    "10.96.0.1",
+)
+"""The names and addresses the kube-apiserver's serving certificate is valid for."""
 
 
 class KubectlError(RuntimeError):
@@ -41,12 +52,6 @@ class KubectlError(RuntimeError):
 
 def log(message: str) -> None:
     print(f"[localkube] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -170,14 +175,7 @@ class Cluster:
         self._bins = binaries.ensure(
             binaries.CONTROL_PLANE + (binaries.NODE if self.with_node else ())
         )
-        if (self.directory / STATE_FILE).exists():
-            raise RuntimeError(
-                f"a cluster already lives in {self.directory}: run `make cluster-down` first"
-            )
-        # Leftovers of a failed start (logs, stale etcd data) would confuse this one.
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self.directory.mkdir(parents=True)
-        self.log_dir.mkdir()
+        self._fresh_directory()
         self.state = ClusterState(
             directory=str(self.directory),
             etcd_port=free_port(),
@@ -188,19 +186,7 @@ class Cluster:
         )
         if self.with_node:
             node.prepare_host()
-        pki = create_pki(
-            self.pki_dir,
-            server_names=(
-                "127.0.0.1",
-                node.NODE_IP,
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-                "10.96.0.1",
-            ),
-        )
+        pki = create_pki(self.pki_dir, server_names=APISERVER_NAMES)
         write_kubeconfig(self.kubeconfig, self.state.server, pki.ca.cert, pki.admin, "admin")
         cm_kubeconfig = write_kubeconfig(
             self.directory / "controller-manager.kubeconfig",
@@ -210,22 +196,7 @@ class Cluster:
             "system:kube-controller-manager",
         )
         try:
-            self._spawn("etcd", self._etcd_args())
-            self.state.save()
-            self._wait_http(f"http://127.0.0.1:{self.state.etcd_port}/health", "etcd", pki, 30)
-            self._spawn("kube-apiserver", self._apiserver_args(pki))
-            self.state.save()
-            self._wait_http(f"{self.state.server}/readyz", "kube-apiserver", pki, timeout_s)
-            self._spawn(
-                "kube-controller-manager", self._controller_manager_args(pki, cm_kubeconfig)
-            )
-            self.state.save()
-            self._wait_http(
-                f"https://127.0.0.1:{self.state.controller_manager_port}/healthz",
-                "kube-controller-manager",
-                pki,
-                timeout_s,
-            )
+            self._start_control_plane(pki, cm_kubeconfig, timeout_s)
             self._wait_for_default_service_account(timeout_s)
             if self.with_node:
                 self._start_node(pki, timeout_s)
@@ -234,6 +205,35 @@ class Cluster:
             raise
         log(f"control plane ready in {time.monotonic() - started:.1f}s at {self.state.server}")
         log(f"export KUBECONFIG={self.kubeconfig}")
+
+    def _fresh_directory(self) -> None:
+        if (self.directory / STATE_FILE).exists():
+            raise RuntimeError(
+                f"a cluster already lives in {self.directory}: run `make cluster-down` first"
+            )
+        # Leftovers of a failed start (logs, stale etcd data) would confuse this one.
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True)
+        self.log_dir.mkdir()
+
+    def _start_control_plane(self, pki: ClusterPKI, cm_kubeconfig: Path, timeout_s: float) -> None:
+        """etcd, kube-apiserver, kube-controller-manager: each started once the one before is
+        healthy, and recorded in the state file as soon as it runs, so ``stop`` finds it."""
+        assert self.state is not None
+        self._spawn("etcd", self._etcd_args())
+        self.state.save()
+        self._wait_http(f"http://127.0.0.1:{self.state.etcd_port}/health", "etcd", pki, 30)
+        self._spawn("kube-apiserver", self._apiserver_args(pki))
+        self.state.save()
+        self._wait_http(f"{self.state.server}/readyz", "kube-apiserver", pki, timeout_s)
+        self._spawn("kube-controller-manager", self._controller_manager_args(pki, cm_kubeconfig))
+        self.state.save()
+        self._wait_http(
+            f"https://127.0.0.1:{self.state.controller_manager_port}/healthz",
+            "kube-controller-manager",
+            pki,
+            timeout_s,
+        )
 
     def stop(self) -> None:
         """End every process this cluster started (SIGTERM, then SIGKILL after a grace period)."""
@@ -374,7 +374,28 @@ class Cluster:
         certs = node.node_certificates(self.pki_dir)
         for name in ("kubelet", "kubelet_healthz", "proxy_healthz", "proxy_metrics", "scheduler"):
             self.state.ports[name] = free_port()
-        kubeconfigs = {
+        kubeconfigs = self._node_kubeconfigs(pki, certs)
+        self._spawn_scheduler(kubeconfigs["scheduler"])
+        self.state.save()
+        images = self._start_containerd(files)
+        _, coredns_image, metrics_image = images.ensure_system_images(self._bins)
+        files.write_cni_config()
+        self._spawn_kubelet(files, pki, certs["kubelet-serving"], kubeconfigs["kubelet"])
+        self.state.save()
+        self._spawn_kube_proxy(files, kubeconfigs["kube-proxy"])
+        self._spawn_provisioner(files)
+        self.state.save()
+        self._wait_kubectl(
+            ["wait", "--for=condition=Ready", f"node/{node.NODE_NAME}", "--timeout=5s"],
+            "the node to be Ready",
+            timeout_s,
+        )
+        self._install_addons(coredns_image, metrics_image, timeout_s)
+        log(f"node {node.NODE_NAME} ready at {node.NODE_IP}")
+
+    def _node_kubeconfigs(self, pki: ClusterPKI, certs: dict[str, KeyPair]) -> dict[str, Path]:
+        assert self.state is not None
+        return {
             name: write_kubeconfig(
                 self.directory / f"{name}.kubeconfig", self.state.server, pki.ca.cert, pair, name
             )
@@ -384,19 +405,25 @@ class Cluster:
                 ("kube-proxy", certs["kube-proxy"]),
             )
         }
+
+    def _spawn_scheduler(self, kubeconfig: Path) -> None:
+        assert self.state is not None
         self._spawn(
             "kube-scheduler",
             [
-                f"--kubeconfig={kubeconfigs['scheduler']}",
-                f"--authentication-kubeconfig={kubeconfigs['scheduler']}",
-                f"--authorization-kubeconfig={kubeconfigs['scheduler']}",
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={self.state.ports['scheduler']}",
                 "--leader-elect=false",
                 "--v=1",
             ],
         )
-        self.state.save()
+
+    def _start_containerd(self, files: node.NodeFiles) -> node.Images:
+        """Start containerd, wait until it answers, and clear containers a crashed run left."""
+        assert self.state is not None
         self._spawn(
             "containerd", ["--config", str(files.write_containerd_config())], program=["containerd"]
         )
@@ -413,41 +440,35 @@ class Cluster:
             self._dead_process,
         )
         images.purge_containers()
-        system_images = images.ensure_system_images(self._bins)
-        files.write_cni_config()
+        return images
+
+    def _spawn_kubelet(
+        self, files: node.NodeFiles, pki: ClusterPKI, serving: KeyPair, kubeconfig: Path
+    ) -> None:
+        assert self.state is not None
+        config = files.write_kubelet_config(
+            pki, serving, self.state.ports["kubelet"], self.state.ports["kubelet_healthz"]
+        )
         self._spawn(
             "kubelet",
             [
-                "--config="
-                + str(
-                    files.write_kubelet_config(
-                        pki,
-                        certs["kubelet-serving"],
-                        self.state.ports["kubelet"],
-                        self.state.ports["kubelet_healthz"],
-                    )
-                ),
-                f"--kubeconfig={kubeconfigs['kubelet']}",
+                f"--config={config}",
+                f"--kubeconfig={kubeconfig}",
                 f"--root-dir={files.kubelet_dir}",
                 f"--hostname-override={node.NODE_NAME}",
                 f"--node-ip={node.NODE_IP}",
                 "--v=1",
             ],
         )
-        self.state.save()
-        self._spawn(
-            "kube-proxy",
-            [
-                "--config="
-                + str(
-                    files.write_kube_proxy_config(
-                        kubeconfigs["kube-proxy"],
-                        self.state.ports["proxy_healthz"],
-                        self.state.ports["proxy_metrics"],
-                    )
-                ),
-            ],
+
+    def _spawn_kube_proxy(self, files: node.NodeFiles, kubeconfig: Path) -> None:
+        assert self.state is not None
+        config = files.write_kube_proxy_config(
+            kubeconfig, self.state.ports["proxy_healthz"], self.state.ports["proxy_metrics"]
         )
+        self._spawn("kube-proxy", [f"--config={config}"])
+
+    def _spawn_provisioner(self, files: node.NodeFiles) -> None:
         self._spawn(
             "provisioner",
             [
@@ -457,13 +478,9 @@ class Cluster:
             ],
             program=[sys.executable, str(Path(__file__).with_name("provisioner.py"))],
         )
-        self.state.save()
-        self._wait_kubectl(
-            ["wait", "--for=condition=Ready", f"node/{node.NODE_NAME}", "--timeout=5s"],
-            "the node to be Ready",
-            timeout_s,
-        )
-        _, coredns_image, metrics_image = system_images
+
+    def _install_addons(self, coredns_image: str, metrics_image: str, timeout_s: float) -> None:
+        """Apply CoreDNS, metrics-server and the StorageClass; wait until they serve."""
         self.kubectl(
             "apply",
             "--server-side",
@@ -500,7 +517,6 @@ class Cluster:
             "the metrics API",
             timeout_s,
         )
-        log(f"node {node.NODE_NAME} ready at {node.NODE_IP}")
 
     def _wait_kubectl(self, args: list[str], what: str, timeout_s: float) -> None:
         _wait_until(

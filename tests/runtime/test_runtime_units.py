@@ -17,13 +17,13 @@ from modelship.api.artifact import TensorStats
 from modelship_runtime.serve.batching import BatchingPredictor
 from modelship_runtime.serve.cli import parse_settings
 from modelship_runtime.serve.cpu import cgroup_cpu_limit, default_threads
-from modelship_runtime.serve.dataplane import DataPlane, ServedModel
+from modelship_runtime.serve.dataplane import DataPlane, InferRequest, ServedModel
 from modelship_runtime.serve.errors import ErrorKind, InferenceError
 from modelship_runtime.serve.http_server import HttpServer
 from modelship_runtime.serve.metrics import DriftMonitor, RequestMetrics
 from modelship_runtime.serve.model import DirectPredictor, OnnxModel, SessionConfig
 from modelship_runtime.serve.rest import RestApp
-from modelship_runtime.serve.tensors import from_bytes, from_json, to_bytes
+from modelship_runtime.serve.tensors import Tensor, from_bytes, from_json, to_bytes
 
 
 def test_json_decoding_is_strict() -> None:
@@ -234,12 +234,22 @@ def test_batcher_regroups_clients_that_fell_into_two_half_batches(tmp_path: Path
     assert sizes == [16, 32, 32, 32, 32, 32, 16], sizes
 
 
+class _Counted:
+    """A transport that reports whatever count the test sets."""
+
+    def __init__(self, count: int | None) -> None:
+        self.count = count
+
+    def pending(self) -> int | None:
+        return self.count
+
+
 @pytest.mark.parametrize("batching", [False, True], ids=["direct", "batching"])
 def test_a_request_alone_in_the_server_runs_on_the_loop_thread(
     tmp_path: Path, batching: bool
 ) -> None:
-    """With ``alone`` true the call skips the worker thread (and the batch queue); otherwise it
-    takes the hop."""
+    """Wired to ``DataPlane.alone``, a request the transports count as the only one skips the
+    worker thread (and the batch queue); with another one pending it takes the hop."""
     model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
     threads: list[int] = []
     original = model.predict
@@ -249,26 +259,50 @@ def test_a_request_alone_in_the_server_runs_on_the_loop_thread(
         return original(feeds, output_names)
 
     model.predict = recording  # type: ignore[method-assign]
-    feeds = {"ids": np.ones((1, 3), dtype=np.int64)}
-    alone = [True]
+    ids = np.ones((1, 3), dtype=np.int64)
+    transport = _Counted(1)
 
     async def run() -> None:
         predictor: DirectPredictor | BatchingPredictor
         if batching:
-            predictor = BatchingPredictor(model, 8, 1000, alone=lambda: alone[0])
+            predictor = BatchingPredictor(model, 8, 1000)
             predictor.start()
         else:
-            predictor = DirectPredictor(model, alone=lambda: alone[0])
+            predictor = DirectPredictor(model)
+        plane = DataPlane(ServedModel("m", "1", model.inputs, model.outputs, predictor))
+        plane.serving = True
+        plane.attach(transport)
+        predictor.alone = plane.alone
         try:
-            for alone[0] in (True, False, True):
-                outputs = await predictor.predict(feeds, None)
-                np.testing.assert_array_equal(outputs[0], original(feeds)[0])
+            for transport.count in (1, 2, 1):
+                response = await plane.infer(InferRequest("m", None, [Tensor("ids", "INT64", ids)]))
+                np.testing.assert_array_equal(response.outputs[0].data, original({"ids": ids})[0])
         finally:
             await predictor.close()
 
     asyncio.run(run())
     main = threading.get_ident()
     assert [t == main for t in threads] == [True, False, True]
+
+
+def test_the_data_plane_is_alone_only_when_all_transports_count_one_request(
+    tmp_path: Path,
+) -> None:
+    """Counts add up over transports, and one that cannot count turns "alone" off."""
+    model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
+    plane = DataPlane(ServedModel("m", "1", model.inputs, model.outputs, _Gate(model)))
+    plane.in_flight = 1
+    http, grpc = _Counted(1), _Counted(0)
+    plane.attach(http)
+    plane.attach(grpc)
+    assert plane.alone()
+    grpc.count = 1
+    assert not plane.alone()  # one request on each transport
+    http.count, grpc.count = 0, None
+    assert not plane.alone()  # a transport that cannot count is never alone
+    grpc.count = 0
+    plane.in_flight = 2
+    assert not plane.alone()  # two requests already in the data plane
 
 
 class _Gate:
@@ -348,20 +382,22 @@ def test_http_server_counts_unanswered_requests(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
-def test_http_server_is_not_alone_with_another_connection_open(tmp_path: Path) -> None:
+def test_another_open_http_connection_means_a_request_is_not_alone(tmp_path: Path) -> None:
     """One request on the only connection is alone; another open connection means it is not.
 
     Requests unread in another connection's socket buffer are invisible to the count of
-    unanswered requests, so a second connection must be enough to say "not alone".
+    unanswered requests, so the HTTP server counts each open connection as a request.
     """
     model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
 
     async def run() -> None:
         gate, server, port = await _gated_server(model)
+        plane = server.app.plane
+        plane.attach(server)
         first_reader, first = await asyncio.open_connection("127.0.0.1", port)
         first.write(_REQUEST)
         await gate.entered.wait()
-        assert (server.unanswered, server.alone()) == (1, True)
+        assert (server.unanswered, server.pending(), plane.alone()) == (1, 1, True)
         gate.open.set()
         await _read_reply(first_reader)
 
@@ -372,7 +408,7 @@ def test_http_server_is_not_alone_with_another_connection_open(tmp_path: Path) -
         gate.entered.clear()
         first.write(_REQUEST)
         await gate.entered.wait()
-        assert (server.unanswered, server.alone()) == (1, False)
+        assert (server.unanswered, server.pending(), plane.alone()) == (1, 2, False)
         gate.open.set()
         await _read_reply(first_reader)
         for writer in (first, second):

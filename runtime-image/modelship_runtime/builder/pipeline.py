@@ -8,11 +8,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 from modelship.api.artifact import BUILDER_VERSION, BuildPlan, Manifest, VariantReport
+from modelship.api.timestamps import format_time, now
 from modelship.api.v1alpha1 import GraphLevel, Precision
 from modelship_runtime.builder import archive, formats, optimize, samples, sessions
 from modelship_runtime.builder.benchmark import BenchSettings, measure
@@ -163,6 +163,55 @@ def _feeds(plan: BuildPlan, original: Path, work: Path, io: IOSettings) -> list[
     return feeds
 
 
+def _convert_and_try_variants(
+    plan: BuildPlan,
+    fetched: Fetched,
+    work: Path,
+    io: IOSettings,
+    bench: BenchSettings,
+    progress: Progress,
+) -> tuple[list[Candidate], list[samples.Feed]]:
+    """Every wanted variant of the converted (and pruned) source, judged, and the sample
+    inputs they were judged on."""
+    progress(f"converting ({plan.source.format.value}) and checking the model")
+    original = work / "original.onnx"
+    to_onnx(_source_model(fetched, plan, work, io), plan.source, original)
+    feeds = _feeds(plan, original, work, io)
+    base, sparsity = original, None
+    if plan.optimization.pruning.sparsity > 0:
+        base = work / "pruned.onnx"
+        sparsity = optimize.prune(original, base, plan.optimization.pruning.sparsity)
+        progress(f"pruned weights to sparsity {sparsity:.3f}")
+    return _candidates(plan, base, work, feeds, sparsity, progress, bench, original), feeds
+
+
+def _manifest(
+    plan: BuildPlan,
+    index: IndexEntry,
+    fetched: Fetched,
+    chosen: VariantReport,
+    model: Path,
+    candidates: list[Candidate],
+    feeds: list[samples.Feed],
+) -> Manifest:
+    return Manifest(
+        digest=index.digest,
+        source_digest=fetched.sha256,
+        plan_key=plan.plan_key,
+        variant=chosen.name,
+        model_sha256=file_sha256(model),
+        size_bytes=model.stat().st_size,
+        source_size_bytes=fetched.size,
+        accuracy=chosen.accuracy,
+        latency=chosen.latency,
+        variants=[c.report for c in candidates],
+        signature=signature_of(model),
+        calibration_stats=samples.statistics(feeds),
+        tool_versions=_tool_versions(),
+        created_at=index.created_at,
+    )
+
+
 def build(
     plan: BuildPlan,
     *,
@@ -190,7 +239,7 @@ def build(
             digest=digest,
             source_sha256=fetched.sha256,
             source_uri=plan.source.uri,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            created_at=format_time(now()),
         )
         progress(f"source sha256 {fetched.sha256} ({fetched.size} bytes); artifact {digest}")
         if (manifest := store.get_manifest(digest)) is not None:
@@ -198,34 +247,10 @@ def build(
             progress(f"artifact {digest} already in {store.uri}; nothing to build")
             return BuildResult(digest, store.artifact_uri(digest), manifest.variant, manifest, True)
 
-        progress(f"converting ({plan.source.format.value}) and checking the model")
-        original = work / "original.onnx"
-        to_onnx(_source_model(fetched, plan, work, io), plan.source, original)
-        feeds = _feeds(plan, original, work, io)
-        base, sparsity = original, None
-        if plan.optimization.pruning.sparsity > 0:
-            base = work / "pruned.onnx"
-            sparsity = optimize.prune(original, base, plan.optimization.pruning.sparsity)
-            progress(f"pruned weights to sparsity {sparsity:.3f}")
-        candidates = _candidates(plan, base, work, feeds, sparsity, progress, bench, original)
+        candidates, feeds = _convert_and_try_variants(plan, fetched, work, io, bench, progress)
         chosen = choose(plan.optimization, candidates)
         assert chosen.path is not None  # choose() only returns built variants
-        manifest = Manifest(
-            digest=digest,
-            source_digest=fetched.sha256,
-            plan_key=plan.plan_key,
-            variant=chosen.report.name,
-            model_sha256=file_sha256(chosen.path),
-            size_bytes=chosen.path.stat().st_size,
-            source_size_bytes=fetched.size,
-            accuracy=chosen.report.accuracy,
-            latency=chosen.report.latency,
-            variants=[c.report for c in candidates],
-            signature=signature_of(chosen.path),
-            calibration_stats=samples.statistics(feeds),
-            tool_versions=_tool_versions(),
-            created_at=index.created_at,
-        )
+        manifest = _manifest(plan, index, fetched, chosen.report, chosen.path, candidates, feeds)
         elapsed = time.monotonic() - started
         progress(f"publishing {chosen.report.name} to {store.uri} (built in {elapsed:.1f}s)")
         uri = store.publish(digest, chosen.path, manifest)

@@ -13,9 +13,11 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import grpc
 import uvicorn
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
@@ -23,8 +25,8 @@ from modelship.api.artifact import MANIFEST_FILE, MODEL_FILE, Manifest
 from modelship.api.serving import env_name
 from modelship_runtime.serve.batching import BatchingPredictor
 from modelship_runtime.serve.cpu import default_threads
-from modelship_runtime.serve.dataplane import DataPlane, ServedModel
-from modelship_runtime.serve.grpc_server import create_server
+from modelship_runtime.serve.dataplane import DataPlane, ServedModel, Transport
+from modelship_runtime.serve.grpc_server import InferenceServicer, create_server
 from modelship_runtime.serve.http_server import HttpServer
 from modelship_runtime.serve.metrics import (
     DriftCollector,
@@ -65,7 +67,7 @@ def model_file(model_dir: Path, manifest: Manifest | None) -> Path:
     return path
 
 
-class _Listener(Protocol):
+class _Listener(Transport, Protocol):
     async def start(self, host: str, port: int) -> None: ...
     async def stop(self, timeout: float) -> None: ...
 
@@ -115,6 +117,11 @@ class _UvicornListener:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._task, timeout)
 
+    def pending(self) -> None:
+        """Always None: uvicorn shows no count of its connections or parsed requests, and
+        without one no request can be known to be alone."""
+        return None
+
 
 async def serve(settings: ServeSettings) -> int:
     loop = asyncio.get_running_loop()
@@ -130,10 +137,52 @@ async def serve(settings: ServeSettings) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]  # halves the scrape size; nothing reads *_created
     registry = CollectorRegistry()
     metrics = RequestMetrics(registry, settings.model_name)
-    register_server_info(
-        registry, settings.model_name, settings.revision, settings.artifact_digest
+    register_server_info(registry, settings.model_name, settings.revision, settings.artifact_digest)
+    stack = _build_predictors(model, manifest, settings, metrics, registry)
+    served = ServedModel(
+        settings.model_name, settings.model_version, model.inputs, model.outputs, stack.predictor
     )
+    plane = DataPlane(served)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
 
+    metrics_server, metrics_thread = start_http_server(
+        settings.metrics_port, settings.host, registry=registry
+    )
+    rest, grpc_server = await _start_listeners(settings, plane, metrics)
+    try:
+        latency_ms = await _warm_up(model, settings, stack, stop)
+        if latency_ms is not None:
+            _place_calls(stack, plane, settings, latency_ms)
+            plane.serving = plane.ready = True
+            _log_ready(settings, threads, latency_ms, stack)
+        await stop.wait()
+    finally:
+        await _drain(settings, plane, rest, grpc_server)
+        await stack.predictor.close()
+        metrics_server.shutdown()
+        metrics_thread.join(timeout=5)
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class _PredictorStack:
+    """The predictors a request passes through: ``predictor`` is the outermost (what the data
+    plane awaits); ``direct`` or ``batcher``, whichever runs the model, is what warm-up tunes."""
+
+    predictor: Predictor
+    direct: DirectPredictor | None
+    batcher: BatchingPredictor | None
+
+
+def _build_predictors(
+    model: OnnxModel,
+    manifest: Manifest | None,
+    settings: ServeSettings,
+    metrics: RequestMetrics,
+    registry: CollectorRegistry,
+) -> _PredictorStack:
     direct: DirectPredictor | None = None
     batcher: BatchingPredictor | None = None
     predictor: Predictor
@@ -152,69 +201,77 @@ async def serve(settings: ServeSettings) -> int:
         monitor = DriftMonitor(manifest.calibration_stats)
         registry.register(DriftCollector(monitor, settings.model_name))
         predictor = DriftObservingPredictor(predictor, monitor, settings.drift_sample_every)
+    return _PredictorStack(predictor, direct, batcher)
 
-    plane = DataPlane(
-        ServedModel(
-            settings.model_name, settings.model_version, model.inputs, model.outputs, predictor
-        )
-    )
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
-    metrics_server, metrics_thread = start_http_server(
-        settings.metrics_port, settings.host, registry=registry
-    )
+async def _start_listeners(
+    settings: ServeSettings, plane: DataPlane, metrics: RequestMetrics
+) -> tuple[_Listener, grpc.aio.Server | None]:
+    """Start REST and (when enabled) gRPC, each attached to the data plane, which needs their
+    request counts to tell whether a request is alone."""
     app = RestApp(plane, metrics, settings.max_request_bytes)
     rest: _Listener = (
         _UvicornListener(app, settings) if settings.http_server == "uvicorn" else HttpServer(app)
     )
+    plane.attach(rest)
     await rest.start(settings.host, settings.rest_port)
-    grpc_server = None
-    if settings.grpc_enabled:
-        grpc_server = create_server(plane, metrics, settings.max_request_bytes)
-        grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-        await grpc_server.start()
+    if not settings.grpc_enabled:
+        return rest, None
+    servicer = InferenceServicer(plane, metrics)
+    plane.attach(servicer)
+    grpc_server = create_server(servicer, settings.max_request_bytes)
+    grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    await grpc_server.start()
+    return rest, grpc_server
 
+
+async def _warm_up(
+    model: OnnxModel, settings: ServeSettings, stack: _PredictorStack, stop: asyncio.Event
+) -> float | None:
+    """The median warm-up latency in ms, or None when SIGTERM came first.
+
+    Warm-up runs on a worker thread so the loop keeps answering liveness probes meanwhile.
+    """
+    loop = asyncio.get_running_loop()
+    sizes = [1, settings.max_batch_size] if stack.batcher is not None else [1]
+    warm = loop.run_in_executor(None, model.warm_up, settings.warmup_runs, sizes)
+    stopping = loop.create_task(stop.wait())
     try:
-        sizes = [1, settings.max_batch_size] if batcher is not None else [1]
-        warm = loop.run_in_executor(None, model.warm_up, settings.warmup_runs, sizes)
-        stopping = loop.create_task(stop.wait())
         await asyncio.wait([warm, stopping], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
-        if not stop.is_set():
-            latency_ms = await warm
-            if direct is not None:
-                direct.inline = latency_ms < settings.inline_threshold_ms
-            if isinstance(rest, HttpServer) and latency_ms < settings.inline_alone_threshold_ms:
-                http = rest
-
-                def alone() -> bool:
-                    return http.alone() and plane.in_flight <= 1
-
-                if direct is not None:
-                    direct.alone = alone
-                elif batcher is not None:
-                    batcher.alone = alone
-            plane.serving = plane.ready = True
-            log.info(
-                "ready: model '%s' v%s, %d intra-op threads, warm-up median %.2f ms (%s), "
-                "batching %s, REST :%d, gRPC %s, metrics :%d",
-                settings.model_name, settings.model_version, threads, latency_ms,
-                "inline" if direct is not None and direct.inline else "worker thread",
-                f"max {settings.max_batch_size} / {settings.max_delay_ms} ms" if batcher
-                else "off",
-                settings.rest_port,
-                f":{settings.grpc_port}" if grpc_server else "off",
-                settings.metrics_port,
-            )  # fmt: skip
-        await stop.wait()
-        stopping.cancel()
     finally:
-        await _drain(settings, plane, rest, grpc_server)
-        await predictor.close()
-        metrics_server.shutdown()
-        metrics_thread.join(timeout=5)
-    return 0
+        stopping.cancel()
+    if stop.is_set():
+        return None
+    return await warm
+
+
+def _place_calls(
+    stack: _PredictorStack, plane: DataPlane, settings: ServeSettings, latency_ms: float
+) -> None:
+    """Decide from the warm-up latency which calls may run on the event loop thread."""
+    if stack.direct is not None:
+        stack.direct.inline = latency_ms < settings.inline_threshold_ms
+    if latency_ms < settings.inline_alone_threshold_ms:
+        if stack.direct is not None:
+            stack.direct.alone = plane.alone
+        elif stack.batcher is not None:
+            stack.batcher.alone = plane.alone
+
+
+def _log_ready(
+    settings: ServeSettings, threads: int, latency_ms: float, stack: _PredictorStack
+) -> None:
+    log.info(
+        "ready: model '%s' v%s, %d intra-op threads, warm-up median %.2f ms (%s), "
+        "batching %s, REST :%d, gRPC %s, metrics :%d",
+        settings.model_name, settings.model_version, threads, latency_ms,
+        "inline" if stack.direct is not None and stack.direct.inline else "worker thread",
+        f"max {settings.max_batch_size} / {settings.max_delay_ms} ms" if stack.batcher
+        else "off",
+        settings.rest_port,
+        f":{settings.grpc_port}" if settings.grpc_enabled else "off",
+        settings.metrics_port,
+    )  # fmt: skip
 
 
 async def _drain(

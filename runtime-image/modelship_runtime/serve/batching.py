@@ -12,12 +12,13 @@ wait ``max_delay`` for company that is not coming, and eight clients are not mad
 ninth: their batch leaves as soon as the eight are in. Counting from when the model is free,
 not from enqueue time, matters for closed-loop clients: with 32 clients and batches of 32, a
 batch of 16 that piled up behind a running batch of 16 would otherwise leave at once, the other
-16 would pile up behind it, and the server would stay in smaller batches for good (MiniLM-16
-here: 2 x 16 served ~0.90 of the requests/s of batches of 32, at more CPU per request).
+16 would pile up behind it, and the server would stay in smaller batches for good, each costing
+more CPU per request than one full batch (figures: docs/benchmarks.md).
 
-A request that is alone in the server (see :data:`~modelship_runtime.serve.model.Alone`: one
-open connection, nothing else parsed or running) cannot be merged with anything, so it runs at
-once on the event loop thread, without the queue and the worker-thread hop.
+A request that is alone in the server (see :data:`~modelship_runtime.serve.model.Alone`: no
+other request or connection on any transport, as ``DataPlane.alone`` decides) cannot be merged
+with anything, so it runs at once on the event loop thread, without the queue and the
+worker-thread hop.
 
 Only requests whose inputs agree beyond the batch dimension are merged. Results are split back
 by row offsets. If a merged call fails, every request in it is retried alone, so one bad request

@@ -2,7 +2,9 @@
 
 REST and gRPC adapters decode their wire formats into :class:`InferRequest` and encode
 :class:`InferResponse`; everything that decides whether a request is acceptable lives here, so
-both protocols reject the same inputs with the same messages.
+both protocols reject the same inputs with the same messages. Each listener is attached as a
+:class:`Transport` that says how many requests it knows of, so whether a request is alone in the
+server is decided here too, over all protocols together.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from modelship_runtime.serve.errors import ErrorKind, InferenceError, invalid, not_found
 from modelship_runtime.serve.model import Feeds, Predictor, TensorInfo
@@ -59,6 +61,15 @@ class ServedModel:
     predictor: Predictor
 
 
+class Transport(Protocol):
+    """A listener that feeds the data plane, as far as deciding "alone" needs to know it."""
+
+    def pending(self) -> int | None:
+        """Requests and connections this transport knows of, the one being predicted included;
+        None when it cannot tell."""
+        ...
+
+
 class DataPlane:
     def __init__(self, model: ServedModel) -> None:
         self.model = model
@@ -71,6 +82,7 @@ class DataPlane:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._transports: list[Transport] = []
         self._inputs = {info.name: info for info in model.inputs}
         self._outputs = {info.name: info for info in model.outputs}
         self._input_names = ", ".join(f"'{n}'" for n in self._inputs)
@@ -139,6 +151,27 @@ class DataPlane:
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+    def attach(self, transport: Transport) -> None:
+        self._transports.append(transport)
+
+    def alone(self) -> bool:
+        """Whether the request being predicted is the only one the server knows of: then
+        running it on the event loop thread delays nobody (see
+        :data:`~modelship_runtime.serve.model.Alone`).
+
+        A transport that cannot tell makes every request "not alone": a guess would serve
+        concurrent clients one by one on the loop.
+        """
+        if self.in_flight > 1:
+            return False
+        known = 0
+        for transport in self._transports:
+            pending = transport.pending()
+            if pending is None:
+                return False
+            known += pending
+        return known <= 1
 
     def validate_inputs(self, inputs: Sequence[Tensor]) -> Feeds:
         feeds: Feeds = {}

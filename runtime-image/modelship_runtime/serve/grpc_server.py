@@ -113,6 +113,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane, metrics: RequestMetrics | None) -> None:
         self.plane = plane
         self.metrics = metrics
+        self._active_infers = 0
+
+    def pending(self) -> int:
+        """ModelInfer RPCs whose handler has started and not yet returned (the data plane's
+        ``Transport``). grpc.aio shows neither its connections nor RPCs it has not yet handed to
+        a handler, so these are all the requests it can tell of."""
+        return self._active_infers
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=self.plane.live)
@@ -145,6 +152,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        self._active_infers += 1
+        try:
+            return await self._answer_infer(request, context)
+        finally:
+            self._active_infers -= 1
+
+    async def _answer_infer(self, request: Any, context: Any) -> Any:
         metrics = self.metrics
         started = time.perf_counter()
         if metrics is not None:
@@ -178,9 +192,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return reply
 
 
-def create_server(
-    plane: DataPlane, metrics: RequestMetrics | None, max_message_bytes: int
-) -> grpc.aio.Server:
+def create_server(servicer: InferenceServicer, max_message_bytes: int) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -189,6 +201,6 @@ def create_server(
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        InferenceServicer(plane, metrics), server
+        servicer, server
     )
     return server

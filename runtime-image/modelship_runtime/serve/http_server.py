@@ -215,15 +215,16 @@ class HttpServer:
         self.closing = False
         self._server: asyncio.Server | None = None
 
-    def alone(self) -> bool:
-        """Whether the request being answered is the only one this server can know of.
+    def pending(self) -> int:
+        """Requests and connections this server knows of (the data plane's ``Transport``): the
+        larger of unanswered requests and open connections.
 
         Requests still unread in other connections' socket buffers are invisible to
         ``unanswered``: while a call runs on the event loop thread no other connection is read,
         so every connection would look alone in turn and concurrent clients would be served one
-        by one on the loop. Another open connection therefore counts as "not alone".
+        by one on the loop. Each open connection therefore counts as at least one request.
         """
-        return self.unanswered <= 1 and len(self.connections) <= 1
+        return max(self.unanswered, len(self.connections))
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()

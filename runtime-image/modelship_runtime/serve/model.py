@@ -135,9 +135,9 @@ class Predictor(Protocol):
 
 
 Alone = Callable[[], bool]
-"""Whether the request being predicted is the only one in the server (one open connection,
-nothing else parsed or running; see ``HttpServer.alone``): then running it on the event loop
-thread delays nobody."""
+"""Whether the request being predicted is the only one in the server (no other request or
+connection on any transport; see ``DataPlane.alone``): then running it on the event loop thread
+delays nobody."""
 
 
 class DirectPredictor:
