@@ -169,19 +169,29 @@ INVALID_CASES = [
         ),
     ),
     InvalidCase(
-        "prometheus-without-url",
-        "spec.rollout.analysis.prometheusUrl",
+        "source-not-implemented",
+        "spec.rollout.analysis.source",
         _set("spec.rollout.analysis", {"source": "prometheus"}),
     ),
     InvalidCase(
-        "prometheus-url-not-http",
-        "spec.rollout.analysis.prometheusUrl",
-        _set("spec.rollout.analysis", {"source": "prometheus", "prometheusUrl": "prom:9090"}),
+        "latency-ratio-below-one",
+        "spec.rollout.analysis.maxP99LatencyRatio",
+        _set("spec.rollout.analysis", {"maxP99LatencyRatio": 0.5}),
+    ),
+    InvalidCase(
+        "on-inconclusive-unknown",
+        "spec.rollout.analysis.onInconclusive",
+        _set("spec.rollout.analysis", {"onInconclusive": "retry"}),
+    ),
+    InvalidCase(
+        "router-unknown",
+        "spec.rollout.router",
+        _set("spec.rollout.router", "istio"),
     ),
     InvalidCase(
         "failure-limit-negative",
         "spec.rollout.analysis.failureLimit",
-        _set("spec.rollout.analysis", {"failureLimit": -1}),
+        _set("spec.rollout.analysis", {"failureLimit": 0}),
     ),
     InvalidCase(
         "interval-without-unit",

@@ -71,14 +71,15 @@ def _wake_owners(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: An
     controller: Controller = memo["controller"]
     reconciler: Reconciler = memo["reconciler"]
     kind = body.get("kind", "")
+    name = body.get("metadata", {}).get("name", "")
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("kind") != api.KIND:
             continue
         uid = ref.get("uid", "")
-        if event["type"] == "DELETED" or reconciler.known_hash(uid, kind) != applied_hash(
+        if event["type"] == "DELETED" or reconciler.known_hash(uid, kind, name) != applied_hash(
             dict(body)
         ):
-            reconciler.forget(uid, kind)
+            reconciler.forget(uid, kind, name)
         controller.enqueue((namespace, ref.get("name", "")))
 
 

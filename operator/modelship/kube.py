@@ -235,6 +235,24 @@ class Kube:
         if not self.create(created):
             self.merge_data(namespace, name, data)
 
+    def scale(
+        self, namespace: str, name: str, replicas: int, annotations: dict[str, str | None]
+    ) -> None:
+        """Set a Deployment's replicas (and annotations; None removes one) without touching its
+        pod template: how revisions other than the spec's are scaled, so their pods stay."""
+        body = {"metadata": {"annotations": annotations}, "spec": {"replicas": replicas}}
+        try:
+            self._call(
+                "PATCH",
+                self._path("Deployment", namespace, name),
+                body=body,
+                query=[("fieldManager", naming.MANAGER)],
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise KubeError(f"scaling Deployment {namespace}/{name}", e) from e
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         path = self._path(api.KIND, namespace, name) + "/status"
         try:

@@ -27,11 +27,12 @@ RULES: list[dict[str, Any]] = [
         "resources": ["jobs"],
         "verbs": ["get", "list", "watch", "create", "patch"],
     },
-    # Serving children: server-side apply (create + patch); PDBs are deleted below 2 replicas.
+    # Serving children: server-side apply (create + patch); PDBs are deleted below 2 replicas;
+    # a revision's Deployment is deleted a scaleDownDelay after a release retired it.
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
-        "verbs": ["get", "list", "watch", "create", "patch"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {
         "apiGroups": [""],

@@ -20,6 +20,7 @@ from modelship.api.v1alpha1 import ModelDeploymentSpec, Precision, S3Settings
 from modelship.domain import desired
 from modelship.domain.naming import Owner
 from modelship.domain.observation import Artifact
+from modelship.domain.release import RevisionPlan
 from modelship.domain.settings import Settings
 from modelship_runtime.builder.benchmark import BenchSettings
 from modelship_runtime.builder.pipeline import build
@@ -149,11 +150,10 @@ def test_serving_init_container_downloads_the_artifact_from_s3(
 
     monkeypatch.setenv("MODELSHIP_STORE_S3_BUCKET", name)
     monkeypatch.setenv("MODELSHIP_STORE_S3_ENDPOINT", s3_server.endpoint)
-    pod = desired.deployment(
+    pod = desired.revision_deployment(
         ModelDeploymentSpec.model_validate({"model": {"uri": "s3://m/model.onnx"}}),
         Owner("mlp", "ml", "uid-1"),
-        Artifact(built.digest, built.uri),
-        "request-key",
+        RevisionPlan("0123456789", Artifact(built.digest, built.uri), 1, "request-key"),
         Settings(),
     )["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]

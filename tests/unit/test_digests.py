@@ -29,7 +29,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 STORE = ArtifactStore(uri="file:///artifacts")
 
 GOLDEN: dict[str, dict[str, str | None]] = {
-    "canary-prometheus.yaml": {
+    "canary.yaml": {
         "plan_key": "e17d29dd020c6495cf17e784eed65da855072da2ae19d2810fd6e2bad64d4b16",
         "request_key": "871abbb30352e552d9dcc559afde6e253877ec1ab7bf77c86ad520692aaa8a39",
         "pinned_digest": None,

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from modelship.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus, Phase
+from datetime import UTC, datetime
+
+from modelship.api.v1alpha1 import (
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    Phase,
+    RevisionStatus,
+)
 from modelship.domain import status
 from modelship.domain.lifecycle import State
 from modelship.domain.naming import Owner
-from modelship.domain.observation import Artifact, Observation, RolloutObservation
+from modelship.domain.observation import (
+    Artifact,
+    Observation,
+    ReleaseObservation,
+    RolloutObservation,
+)
 from modelship.domain.plan import build_target
 from modelship.domain.settings import Settings
 
@@ -28,8 +40,10 @@ def test_ready_status_validates_against_the_api_and_round_trips_the_state() -> N
         available=2,
         complete=True,
     )
-    state = State(Phase.READY, "Ready", "2/2 pods serve", ART)
-    out = status.compute(state, Observation(3, TARGET, rollout=rollout), None, OWNER, True, "T1")
+    stable = RevisionStatus(revision="0123456789", digest=ART.digest, replicas=2, ready_replicas=2)
+    state = State(Phase.READY, "Ready", "2/2 pods serve", ART, stable)
+    release = ReleaseObservation(datetime(2026, 12, 1, tzinfo=UTC), "img", (rollout,))
+    out = status.compute(state, Observation(3, TARGET, release=release), None, OWNER, True, "T1")
     ModelDeploymentStatus.model_validate(out)
     assert out["observedGeneration"] == 3
     assert out["selector"] == "app.kubernetes.io/component=server,modelship.io/deployment=sentiment"
@@ -42,6 +56,9 @@ def test_ready_status_validates_against_the_api_and_round_trips_the_state() -> N
     assert by_type["Ready"]["status"] == "True"
     assert by_type["Degraded"]["status"] == "False"
     assert by_type["Available"]["status"] == "True"
+    assert out["stable"] == {
+        "revision": "0123456789", "digest": ART.digest, "replicas": 2, "readyReplicas": 2
+    }  # fmt: skip
     assert status.state_from_status(out) == state
 
 

@@ -19,6 +19,7 @@ from modelship.domain import desired
 from modelship.domain.naming import Owner
 from modelship.domain.observation import Artifact
 from modelship.domain.plan import build_target
+from modelship.domain.release import RevisionPlan
 from modelship.domain.settings import Settings
 from modelship_runtime.io_settings import IOSettings
 from modelship_runtime.serve.cli import parse_settings
@@ -30,6 +31,11 @@ HEX = "3" * 64
 PVC_ARTIFACT = Artifact(f"sha256:{HEX}", f"file:///artifacts/{HEX}", "int8-dynamic")
 S3_ARTIFACT = Artifact(f"sha256:{HEX}", f"s3://arts/artifacts/{HEX}", "int8-dynamic")
 SECRET_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def deployment(s: ModelDeploymentSpec, art: Artifact, settings: Settings) -> dict[str, Any]:
+    plan = RevisionPlan("0123456789", art, 1, "req", render=True)
+    return desired.revision_deployment(s, OWNER, plan, settings)
 
 
 def spec(**extra: Any) -> ModelDeploymentSpec:
@@ -79,12 +85,13 @@ def test_the_server_reads_what_the_operator_renders(
     serving_spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = spec(serving=serving_spec)
-    pod = desired.deployment(s, OWNER, PVC_ARTIFACT, "req", Settings())["spec"]["template"]
+    pod = deployment(s, PVC_ARTIFACT, Settings())["spec"]["template"]
     (server,) = pod["spec"]["containers"]
     settings = load_serve_settings(server, monkeypatch)
 
     assert settings.model_dir == mount_path(server, "model")
     assert settings.model_name == OWNER.name
+    assert settings.revision == "0123456789"
     assert settings.artifact_digest == PVC_ARTIFACT.digest
     assert settings.artifact_uri is None, "the server must not download: its volume is read-only"
     assert settings.download_only is False
@@ -111,7 +118,7 @@ def test_the_init_container_downloads_what_the_server_serves(
     monkeypatch.setenv("MODELSHIP_STORE_S3_ENDPOINT", "http://minio.minio:9000")
     monkeypatch.setenv("MODELSHIP_STORE_S3_SECRET", "store-creds")
     operator_settings = Settings()
-    pod = desired.deployment(spec(), OWNER, S3_ARTIFACT, "req", operator_settings)
+    pod = deployment(spec(), S3_ARTIFACT, operator_settings)
     pod_spec = pod["spec"]["template"]["spec"]
     (init,) = pod_spec["initContainers"]
     (server,) = pod_spec["containers"]
@@ -153,7 +160,7 @@ def test_pods_run_as_the_runtime_image_user_with_its_model_directory() -> None:
         str(p) for p in (serving.REST_PORT, serving.GRPC_PORT, serving.METRICS_PORT)
     ]
     for obj in (
-        desired.deployment(spec(), OWNER, PVC_ARTIFACT, "req", Settings()),
+        deployment(spec(), PVC_ARTIFACT, Settings()),
         desired.build_job(spec(), build_target(spec(), Settings().artifact_store()), OWNER,
                           Settings()),
     ):  # fmt: skip

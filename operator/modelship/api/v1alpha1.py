@@ -367,99 +367,146 @@ class ScalingSpec(APIModel):
 
 
 class RolloutStrategy(StrEnum):
-    """How a new artifact replaces the running one."""
+    """How a new revision replaces the running one."""
 
     CANARY = "canary"
     ROLLING = "rolling"
+
+
+class Router(StrEnum):
+    """How a canary's share of the traffic is realised."""
+
+    REPLICAS = "replicas"
 
 
 class MetricsSource(StrEnum):
     """Where canary analysis reads request metrics."""
 
     PODS = "pods"
-    PROMETHEUS = "prometheus"
+
+
+class InconclusiveAction(StrEnum):
+    """What a canary does after too many intervals without enough requests for a verdict."""
+
+    HOLD = "hold"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
 
 
 class CanaryStep(APIModel):
-    """One canary step: shift traffic, then wait."""
+    """One canary step: shift traffic, analyse, then go on after the pause."""
 
-    weight: int = Field(ge=1, le=100, description="Percent of traffic for the canary (1-100).")
+    weight: int = Field(
+        ge=1, le=100, description="Percent of traffic for the canary (1-100), e.g. 10."
+    )
     pause: Duration | None = Field(
         default=None,
         description="How long to hold this weight while analysis runs (e.g. 60s, 5m); "
-        "empty holds until promoted by the modelship.io/promote annotation.",
+        "empty holds until promoted (kubectl modelship promote, or the modelship.io/promote "
+        "annotation).",
     )
 
 
 class AnalysisSpec(APIModel):
-    """Metric checks that decide whether the canary advances or rolls back."""
+    """Metric checks that decide whether the canary goes on, holds or rolls back.
 
-    interval: Duration = Field(default="30s", description="How often to analyse (e.g. 30s).")
+    Every interval the operator scrapes the /metrics of each ready pod of both revisions and
+    judges the canary on what happened in that interval: absolute thresholds, and, where set,
+    relative to the stable revision measured in the same interval.
+    """
+
+    interval: Duration = Field(default="30s", description="How often to analyse, e.g. 30s.")
+    initial_delay: Duration = Field(
+        default="0s",
+        description="How long new canary pods warm up after a step's weight is reached before "
+        "the first verdict of that step, e.g. 20s.",
+    )
     min_success_rate: float = Field(
-        default=0.99, ge=0, le=1, description="Lowest share of non-5xx responses (0-1)."
+        default=0.99,
+        ge=0,
+        le=1,
+        description="Lowest share of non-5xx responses of the canary (0-1), e.g. 0.99.",
     )
     max_p99_latency_ms: float = Field(
-        default=500, gt=0, description="Highest acceptable p99 latency in milliseconds."
+        default=500, gt=0, description="Highest p99 latency of the canary in ms, e.g. 500."
     )
-    failure_limit: int = Field(
-        default=2, ge=0, le=100, description="Failed analyses tolerated before rollback."
+    max_p99_latency_ratio: float | None = Field(
+        default=None,
+        ge=1,
+        description="Relative check: the canary's p99 at most this many times the stable "
+        "revision's in the same interval, e.g. 1.2. Empty: no relative latency check.",
+    )
+    max_error_rate_increase: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Relative check: the canary's error rate at most the stable's plus this "
+        "(0-1), e.g. 0.01 for one percentage point. Empty: no relative error check.",
     )
     min_requests: int = Field(
         default=20,
-        ge=0,
+        ge=1,
         le=1_000_000,
-        description="Requests needed in an interval for a verdict; fewer is inconclusive, "
-        "not a failure.",
+        description="Requests the canary must serve for a verdict; fewer is Inconclusive, "
+        "never a failure, and requests add up over inconclusive intervals. Default 20.",
+    )
+    failure_limit: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Failed intervals that roll the canary back, e.g. 2 (default).",
+    )
+    inconclusive_limit: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Consecutive inconclusive intervals after which onInconclusive decides "
+        "(default 5).",
+    )
+    on_inconclusive: InconclusiveAction = Field(
+        default=InconclusiveAction.HOLD,
+        description="After inconclusiveLimit inconclusive intervals: hold (keep waiting for "
+        "traffic; default), promote (go on as if passed) or rollback.",
     )
     source: MetricsSource = Field(
         default=MetricsSource.PODS,
-        description="pods: scrape the runtime pods' /metrics; prometheus: query prometheusUrl.",
-    )
-    prometheus_url: str | None = Field(
-        default=None,
-        max_length=2048,
-        description="Prometheus base URL (http or https), required when source is prometheus.",
-    )
-
-    rules: ClassVar[tuple[Rule, ...]] = (
-        Rule(
-            cel="self.source != 'prometheus' || has(self.prometheusUrl)",
-            message="prometheusUrl is required when source is prometheus",
-            check=lambda m: m.source != MetricsSource.PROMETHEUS or m.prometheus_url is not None,
-            field_path=".prometheusUrl",
-        ),
-        Rule(
-            cel="!has(self.prometheusUrl) || self.prometheusUrl.matches('^https?://[^/ ]+')",
-            message="prometheusUrl must be an http:// or https:// URL",
-            check=lambda m: (
-                m.prometheus_url is None
-                or re.match(r"^https?://[^/ ]+", m.prometheus_url) is not None
-            ),
-            field_path=".prometheusUrl",
-        ),
+        description="pods: the operator scrapes the runtime pods' /metrics (default).",
     )
 
 
 class RolloutSpec(APIModel):
-    """How new versions are released."""
+    """How new revisions are released."""
 
     strategy: RolloutStrategy = Field(
         default=RolloutStrategy.CANARY,
-        description="canary: shift traffic step by step under analysis, with automatic "
-        "promotion or rollback; rolling: a plain rolling update.",
+        description="canary (default): the new revision takes traffic step by step under "
+        "analysis, with automatic promotion or rollback; rolling: the new revision replaces "
+        "the old one as soon as its pods are ready, without analysis.",
+    )
+    router: Router = Field(
+        default=Router.REPLICAS,
+        description="replicas (default): one Service selects the pods of both revisions and "
+        "the weight is realised by pod counts (the canary has at least one pod); the status "
+        "reports the weight actually achieved.",
     )
     steps: list[CanaryStep] | None = Field(
         default=None,
         max_length=20,
         description="Canary steps with strictly increasing weights; default 10% then 50%, "
-        "60s each. Only for the canary strategy.",
+        "60s each. After the last step the canary is promoted. Only for the canary strategy.",
     )
     analysis: AnalysisSpec = Field(
         default_factory=AnalysisSpec, description="Metric analysis of the canary."
     )
     progress_deadline: Duration = Field(
         default="10m",
-        description="Longest a release may take before it is rolled back (e.g. 10m).",
+        description="Longest a release may take before it is rolled back, e.g. 10m; manual "
+        "pauses count too.",
+    )
+    scale_down_delay: Duration = Field(
+        default="30s",
+        description="How long the previous revision's scaled-down Deployment is kept after a "
+        "promotion before it is deleted, e.g. 30s.",
     )
 
     rules: ClassVar[tuple[Rule, ...]] = (
@@ -581,20 +628,33 @@ class ArtifactStatus(APIModel):
 
 
 class RevisionStatus(APIModel):
-    """The stable (fully promoted) revision."""
+    """The stable revision: what clients are served by outside a release."""
 
-    revision: str = Field(description="Revision name (short artifact digest).")
+    revision: str = Field(description="Revision name (a short hash of what the pods run).")
     digest: str = Field(description="Artifact digest served by this revision.")
     replicas: int = Field(default=0, ge=0, description="Pods of this revision.")
     ready_replicas: int = Field(default=0, ge=0, description="Ready pods of this revision.")
 
 
 class AnalysisVerdict(StrEnum):
-    """Outcome of one canary analysis."""
+    """Outcome of one canary analysis (or one check of it)."""
 
     PASS = "Pass"
     FAIL = "Fail"
     INCONCLUSIVE = "Inconclusive"
+
+
+class CheckResult(APIModel):
+    """One check of an analysis: the measured value against its threshold."""
+
+    name: str = Field(
+        description="successRate, p99LatencyMs, p99LatencyRatio or errorRateIncrease."
+    )
+    verdict: AnalysisVerdict = Field(description="Pass, Fail or Inconclusive.")
+    value: float | None = Field(default=None, description="Measured value (empty: no data).")
+    threshold: float = Field(description="The limit it is checked against.")
+    samples: int = Field(default=0, ge=0, description="Requests the value is computed from.")
+    message: str = Field(default="", description="The check in words, e.g. p99 412 ms > 250 ms.")
 
 
 class AnalysisResult(APIModel):
@@ -602,20 +662,73 @@ class AnalysisResult(APIModel):
 
     time: str = Field(json_schema_extra={"format": "date-time"}, description="When it ran.")
     verdict: AnalysisVerdict = Field(description="Pass, Fail or Inconclusive.")
-    requests: int = Field(default=0, ge=0, description="Requests seen in the interval.")
-    success_rate: float | None = Field(default=None, description="Share of non-5xx responses.")
-    p99_latency_ms: float | None = Field(default=None, description="p99 latency (ms).")
+    interval_seconds: float = Field(
+        default=0, ge=0, description="Seconds of traffic the verdict is about."
+    )
+    requests: int = Field(default=0, ge=0, description="Canary requests judged.")
+    stable_requests: int = Field(default=0, ge=0, description="Stable requests compared with.")
+    checks: list[CheckResult] = Field(
+        default_factory=list, max_length=16, description="Each check's value and threshold."
+    )
     message: str = Field(default="", description="Why the verdict was reached.")
 
 
+class CanaryPhase(StrEnum):
+    """Where a release is."""
+
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTING = "Promoting"
+    SUCCEEDED = "Succeeded"
+    ABORTED = "Aborted"
+
+
 class CanaryStatus(APIModel):
-    """A release in progress."""
+    """The latest release: in progress, or how it ended."""
 
     revision: str = Field(description="Revision name of the canary.")
     digest: str = Field(description="Artifact digest served by the canary.")
-    weight: int = Field(default=0, ge=0, le=100, description="Current traffic percent.")
-    step: int = Field(default=0, ge=0, description="Index of the current step.")
-    failures: int = Field(default=0, ge=0, description="Failed analyses so far.")
+    phase: CanaryPhase = Field(
+        description="Progressing, Paused (see reason), Promoting, Succeeded or Aborted."
+    )
+    reason: str = Field(default="", description="Why it is in this phase, CamelCase.")
+    message: str = Field(default="", description="The same in words, with measured values.")
+    step: int = Field(default=0, ge=0, description="Index of the current step (0-based).")
+    desired_weight: int = Field(
+        default=0, ge=0, le=100, description="Percent of traffic the step asks for."
+    )
+    weight: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Percent of traffic the canary actually gets (ready pods of the canary "
+        "over ready pods of both revisions).",
+    )
+    replicas: int = Field(default=0, ge=0, description="Pods of the canary revision.")
+    ready_replicas: int = Field(default=0, ge=0, description="Ready pods of the canary.")
+    successful_intervals: int = Field(default=0, ge=0, description="Passed analyses.")
+    failed_intervals: int = Field(default=0, ge=0, description="Failed analyses.")
+    inconclusive_intervals: int = Field(
+        default=0, ge=0, description="Consecutive inconclusive analyses."
+    )
+    attempt: int = Field(default=1, ge=1, description="1, then one more per retry.")
+    started_at: str = Field(
+        json_schema_extra={"format": "date-time"}, description="When the release started."
+    )
+    step_started_at: str = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When the current step's weight was set.",
+    )
+    finished_at: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="When it succeeded or was aborted.",
+    )
+    handled: dict[str, Annotated[str, Field(description="The value acted on.")]] = Field(
+        default_factory=dict,
+        description="The value of each manual-control annotation (promote, promote-full, abort, "
+        "retry) already acted on; an annotation acts once per value.",
+    )
     last_analysis: AnalysisResult | None = Field(default=None, description="The latest analysis.")
 
 

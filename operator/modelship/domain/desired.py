@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -30,6 +31,7 @@ from modelship.domain import naming
 from modelship.domain.naming import Owner
 from modelship.domain.observation import Artifact
 from modelship.domain.plan import DEFAULT_CPU, DEFAULT_MEMORY, BuildTarget, serving_threads
+from modelship.domain.release import RevisionPlan, ServingPlan
 from modelship.domain.settings import PVC_MOUNT_PATH, Settings
 
 PLAN_DIR = "/etc/modelship"
@@ -279,13 +281,16 @@ def _artifact_volume(
     )
 
 
-def serving_config(spec: ModelDeploymentSpec, owner: Owner, artifact: Artifact) -> ServingConfig:
+def serving_config(
+    spec: ModelDeploymentSpec, owner: Owner, artifact: Artifact, revision: str | None = None
+) -> ServingConfig:
     """What the server container is told (rendered into its environment)."""
     batching = spec.serving.batching
     return ServingConfig(
         model_dir=MODEL_DIR,
         model_name=owner.name,
         artifact_digest=artifact.digest,
+        revision=revision,
         intra_op_threads=serving_threads(spec),
         rest_port=REST_PORT,
         grpc_port=GRPC_PORT,
@@ -316,7 +321,11 @@ def _serving_ports(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
 
 
 def _serving_pod_spec(
-    spec: ModelDeploymentSpec, owner: Owner, artifact: Artifact, settings: Settings
+    spec: ModelDeploymentSpec,
+    owner: Owner,
+    artifact: Artifact,
+    settings: Settings,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     volume, mount, init = _artifact_volume(artifact, settings)
     server = {
@@ -325,7 +334,7 @@ def _serving_pod_spec(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "modelship_runtime"],
         "args": ["serve"],
-        "env": serving_config(spec, owner, artifact).to_env(),
+        "env": serving_config(spec, owner, artifact, revision).to_env(),
         "ports": _serving_ports(spec),
         "resources": _resources(spec),
         "securityContext": _container_security(),
@@ -348,29 +357,33 @@ def _serving_pod_spec(
     return pod_spec
 
 
-def deployment(
+def revision_deployment(
     spec: ModelDeploymentSpec,
     owner: Owner,
-    artifact: Artifact,
-    request_key: str,
+    plan: RevisionPlan,
     settings: Settings,
+    retired_at: str | None = None,
 ) -> dict[str, Any]:
-    name = naming.serving_name(owner.name)
-    labels = naming.serving_labels(owner.name)
+    """The Deployment of one revision, rendered from the spec (only ever for the revision the
+    spec asks for: other revisions keep their template and get only their replicas patched)."""
+    revision, artifact = plan.revision, plan.artifact
+    name = naming.revision_deployment_name(owner.name, revision)
+    labels = naming.serving_labels(owner.name) | {naming.LABEL_REVISION: revision}
     meta = _meta(name, owner, labels)
-    meta["annotations"] = {
-        naming.ANNOTATION_ARTIFACT: artifact.to_json(),
-        naming.ANNOTATION_REQUEST_KEY: request_key,
-    }
+    meta["annotations"] = {naming.ANNOTATION_ARTIFACT: artifact.to_json()}
+    if plan.request_key:
+        meta["annotations"][naming.ANNOTATION_REQUEST_KEY] = plan.request_key
+    if retired_at:
+        meta["annotations"][naming.ANNOTATION_RETIRED_AT] = retired_at
     return with_hash(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": meta,
             "spec": {
-                "replicas": desired_replicas(spec),
-                "selector": {"matchLabels": naming.selector_labels(owner.name)},
-                "revisionHistoryLimit": 3,
+                "replicas": plan.replicas,
+                "selector": {"matchLabels": naming.revision_selector(owner.name, revision)},
+                "revisionHistoryLimit": 2,
                 "progressDeadlineSeconds": max(
                     1, math.ceil(duration_seconds(spec.rollout.progress_deadline))
                 ),
@@ -383,14 +396,27 @@ def deployment(
                         "labels": labels,
                         "annotations": {naming.ANNOTATION_DIGEST: artifact.digest},
                     },
-                    "spec": _serving_pod_spec(spec, owner, artifact, settings),
+                    "spec": _serving_pod_spec(spec, owner, artifact, settings, revision),
                 },
             },
         }
     )
 
 
-def service(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]:
+def pod_selector(owner: Owner, plan: RevisionPlan) -> dict[str, str]:
+    """The pods of one revision; the legacy Deployment's by its pods' template hash."""
+    if plan.legacy_name is None:
+        return naming.revision_selector(owner.name, plan.revision)
+    if plan.template_hash is None:
+        return naming.selector_labels(owner.name)
+    return naming.selector_labels(owner.name) | {
+        naming.LABEL_POD_TEMPLATE_HASH: plan.template_hash
+    }
+
+
+def service(
+    spec: ModelDeploymentSpec, owner: Owner, name: str, selector: dict[str, str]
+) -> dict[str, Any]:
     ports = [
         {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
         {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
@@ -406,19 +432,26 @@ def service(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]:
                 "appProtocol": "kubernetes.io/h2c",
             },
         )
-    name = naming.serving_name(owner.name)
     return with_hash(
         {
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": _meta(name, owner, naming.serving_labels(owner.name)),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": naming.selector_labels(owner.name),
-                "ports": ports,
-            },
+            "spec": {"type": "ClusterIP", "selector": selector, "ports": ports},
         }
     )
+
+
+def services(spec: ModelDeploymentSpec, owner: Owner, plan: ServingPlan) -> list[dict[str, Any]]:
+    """``<name>`` for clients (every revision's pods: the replica router), ``<name>-stable`` and
+    ``<name>-canary`` (the canary's pods during a release, the stable's otherwise)."""
+    stable = pod_selector(owner, plan.stable)
+    canary = pod_selector(owner, plan.canary) if plan.canary else stable
+    return [
+        service(spec, owner, naming.serving_name(owner.name), naming.selector_labels(owner.name)),
+        service(spec, owner, naming.stable_service_name(owner.name), stable),
+        service(spec, owner, naming.canary_service_name(owner.name), canary),
+    ]
 
 
 def autoscaler(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]:
@@ -473,17 +506,54 @@ def disruption_budget(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]
     )
 
 
+@dataclass(frozen=True)
+class Scale:
+    """A replica count (and annotations) patched onto a Deployment we do not re-render."""
+
+    name: str
+    replicas: int
+    annotations: dict[str, str | None]
+    """None removes the annotation."""
+
+
+@dataclass(frozen=True)
+class ServingObjects:
+    apply: list[dict[str, Any]]
+    """Objects to server-side apply when their content hash changed."""
+    scale: list[Scale]
+    delete: list[tuple[str, str]]
+    """(kind, name) of objects that must not exist."""
+
+
 def serving_objects(
     spec: ModelDeploymentSpec,
     owner: Owner,
-    artifact: Artifact,
-    request_key: str,
+    plan: ServingPlan,
     settings: Settings,
-) -> dict[str, dict[str, Any] | None]:
-    """Every serving child by kind; None means the kind must not exist (e.g. no PDB)."""
-    return {
-        "Deployment": deployment(spec, owner, artifact, request_key, settings),
-        "Service": service(spec, owner),
-        "HorizontalPodAutoscaler": autoscaler(spec, owner),
-        "PodDisruptionBudget": disruption_budget(spec, owner),
-    }
+    now: str,
+) -> ServingObjects:
+    """Every serving child for a serving plan."""
+    apply: list[dict[str, Any]] = []
+    scale: list[Scale] = []
+    for revision in (plan.stable, plan.canary):
+        if revision is None:
+            continue
+        if revision.render:
+            apply.append(revision_deployment(spec, owner, revision, settings))
+        else:
+            name = revision.legacy_name or naming.revision_deployment_name(
+                owner.name, revision.revision
+            )
+            scale.append(Scale(name, revision.replicas, {naming.ANNOTATION_RETIRED_AT: None}))
+    for retired in plan.retire:
+        stamp = retired.retired_at or now
+        scale.append(Scale(retired.name, 0, {naming.ANNOTATION_RETIRED_AT: stamp}))
+    apply += services(spec, owner, plan)
+    apply.append(autoscaler(spec, owner))
+    delete = [("Deployment", name) for name in plan.delete]
+    pdb = disruption_budget(spec, owner)
+    if pdb is None:
+        delete.append(("PodDisruptionBudget", naming.serving_name(owner.name)))
+    else:
+        apply.append(pdb)
+    return ServingObjects(apply, scale, delete)

@@ -9,20 +9,23 @@ Phases (the API's :class:`~modelship.api.v1alpha1.Phase`):
 
     Pending ─▶ Building ─▶ Deploying ─▶ Ready ◀─▶ Degraded
                   ▲                      │
-                  └──── digest change ───┘ (Building, then Progressing while the new artifact
-                                           rolls out; the canary issue replaces that rolling step
-                                           with its own sub-machine behind the same phase)
+                  └─── revision change ──┘ (Building when the artifact changes, then
+                                            Progressing while the release runs: the serving
+                                            half is :func:`modelship.domain.release.release`)
 
-A build failure is Degraded (the previous artifact, if any, keeps serving); it is not retried
-until the spec changes or the failed Job is deleted, so a broken build cannot loop.
+A build failure is Degraded (the previous revision, if any, keeps serving); it is not retried
+until the spec changes or the failed Job is deleted, so a broken build cannot loop. A rolled-back
+canary is Degraded too, with the stable revision serving, until the spec changes or a retry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from modelship.api.v1alpha1 import Phase
+from modelship.api.v1alpha1 import CanaryStatus, ModelDeploymentSpec, Phase, RevisionStatus
+from modelship.domain.desired import desired_replicas
 from modelship.domain.observation import STUCK_BUILD_REASONS, Artifact, BuildState, Observation
+from modelship.domain.release import ServingPlan, release
 
 # --- actions -------------------------------------------------------------------------------
 
@@ -47,11 +50,9 @@ class RecordArtifact:
 
 @dataclass(frozen=True)
 class EnsureServing:
-    """Bring Deployment, Service, HPA and PDB to the desired state for this artifact."""
+    """Bring the revision Deployments, the Services, HPA and PDB to this serving plan."""
 
-    artifact: Artifact
-    request_key: str | None = None
-    """The build request the artifact answers; None means the current target's."""
+    plan: ServingPlan
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class State:
     message: str = ""
     artifact: Artifact | None = None
     """The artifact the spec resolves to (not necessarily rolled out yet)."""
+    stable: RevisionStatus | None = None
+    canary: CanaryStatus | None = None
 
     @property
     def busy(self) -> bool:
@@ -85,9 +88,9 @@ class State:
 
 def _resolve(obs: Observation) -> tuple[Artifact | None, list[Action]]:
     """The artifact of the target if already known, and what recording it takes."""
-    rollout = obs.rollout
-    if rollout.artifact is not None and rollout.request_key == obs.target.request_key:
-        return rollout.artifact, []
+    serving = obs.serving(obs.target.request_key)
+    if serving is not None and serving.artifact is not None:
+        return serving.artifact, []
     if obs.stored is not None:
         return obs.stored, []
     if obs.build.state is BuildState.SUCCEEDED and obs.build.result is not None:
@@ -95,74 +98,47 @@ def _resolve(obs: Observation) -> tuple[Artifact | None, list[Action]]:
     return None, []
 
 
-def _next(obs: Observation) -> tuple[State, list[Action]]:
+def _next(obs: Observation, spec: ModelDeploymentSpec) -> tuple[State, list[Action]]:
     artifact, actions = _resolve(obs)
+    served = release(spec, artifact, obs.target.request_key, desired_replicas(spec), obs.release)
+    if served.plan is not None:
+        actions.append(EnsureServing(served.plan))
+    actions += [Emit(e.type, e.reason, e.message) for e in served.events]
     if artifact is None:
-        return _while_building(obs)
-    actions.append(EnsureServing(artifact))
-    return _serving(obs, artifact), actions
-
-
-def _while_building(obs: Observation) -> tuple[State, list[Action]]:
-    """No artifact for the spec yet: the previous one keeps serving while the build runs or
-    after it failed."""
-    build, serving = obs.build, obs.rollout.artifact
-    keep: list[Action] = (
-        [EnsureServing(serving, obs.rollout.request_key)] if serving is not None else []
+        state = _while_building(obs)
+        return replace(state, stable=served.stable, canary=served.canary), actions
+    state = State(
+        served.phase, served.reason, served.message, artifact, served.stable, served.canary
     )
-    if build.state is BuildState.FAILED:
-        return State(Phase.DEGRADED, "BuildFailed", build.message), keep
-    if build.state is BuildState.ABSENT:
-        return State(
-            Phase.BUILDING,
-            "Building",
-            f"building the artifact in Job {obs.target.job_name}",
-        ), [StartBuild(), *keep]
-    adopt: list[Action] = [] if build.owned else [AdoptBuild()]
-    if build.reason:  # the builder pod cannot start; say why (it may still, e.g. new nodes)
-        return State(Phase.BUILDING, build.reason, build.message), adopt + keep
-    return State(
-        Phase.BUILDING, "Building", f"building the artifact in Job {build.job_name}"
-    ), adopt + keep
-
-
-def _serving(obs: Observation, artifact: Artifact) -> State:
-    """The artifact exists: how far the Deployment is in serving it."""
-    rollout, serving = obs.rollout, obs.rollout.artifact
-    rolled = serving is not None and serving.digest == artifact.digest
-    if rolled and obs.problems:
+    if obs.problems and served.phase in (Phase.READY, Phase.PROGRESSING, Phase.DEPLOYING):
         first = obs.problems[0]
         more = f" (and {len(obs.problems) - 1} more)" if len(obs.problems) > 1 else ""
-        return State(Phase.DEGRADED, first.reason, first.message + more, artifact)
-    if serving is None:
+        state = replace(state, phase=Phase.DEGRADED, reason=first.reason,
+                        message=first.message + more)  # fmt: skip
+    return state, actions
+
+
+def _while_building(obs: Observation) -> State:
+    """No artifact for the spec yet: what serves keeps serving while the build runs or after
+    it failed."""
+    build = obs.build
+    if build.state is BuildState.FAILED:
+        return State(Phase.DEGRADED, "BuildFailed", build.message)
+    if build.state is BuildState.ABSENT:
         return State(
-            Phase.DEPLOYING, "Deploying", f"deploying artifact {artifact.digest}", artifact
+            Phase.BUILDING, "Building", f"building the artifact in Job {obs.target.job_name}"
         )
-    if not rolled:
-        return State(
-            Phase.PROGRESSING,
-            "RollingOut",
-            f"replacing artifact {serving.digest} with {artifact.digest}",
-            artifact,
-        )
-    if rollout.complete and rollout.ready >= rollout.desired:
-        return State(
-            Phase.READY,
-            "Ready",
-            f"{rollout.ready}/{rollout.desired} pods serve artifact {artifact.digest}",
-            artifact,
-        )
-    if rollout.available == 0 and rollout.updated == rollout.replicas:
-        return State(
-            Phase.DEPLOYING, "WaitingForPods", f"{rollout.ready}/{rollout.desired} pods ready",
-            artifact,
-        )  # fmt: skip
-    return State(
-        Phase.PROGRESSING,
-        "Progressing",
-        f"{rollout.updated}/{rollout.desired} pods updated, {rollout.ready} ready",
-        artifact,
-    )
+    if build.reason:  # the builder pod cannot start; say why (it may still, e.g. new nodes)
+        return State(Phase.BUILDING, build.reason, build.message)
+    return State(Phase.BUILDING, "Building", f"building the artifact in Job {build.job_name}")
+
+
+def _build_actions(obs: Observation, artifact: Artifact | None) -> list[Action]:
+    if artifact is not None or obs.build.state is BuildState.FAILED:
+        return []
+    if obs.build.state is BuildState.ABSENT:
+        return [StartBuild()]
+    return [] if obs.build.owned else [AdoptBuild()]
 
 
 def _events(before: State, after: State, actions: list[Action], obs: Observation) -> list[Emit]:
@@ -188,9 +164,12 @@ def _events(before: State, after: State, actions: list[Action], obs: Observation
     return events
 
 
-def step(state: State, obs: Observation) -> tuple[State, list[Action]]:
+def step(
+    state: State, obs: Observation, spec: ModelDeploymentSpec
+) -> tuple[State, list[Action]]:
     """One tick: the next state and the actions that move the world towards it."""
-    after, actions = _next(obs)
+    after, actions = _next(obs, spec)
+    actions = _build_actions(obs, after.artifact) + actions
     if after == state:
         return state, actions
     return after, [*actions, *_events(state, after, actions, obs)]

@@ -24,6 +24,11 @@ LABEL_DEPLOYMENT = f"{PREFIX}/deployment"
 """Name of the owning ModelDeployment on serving objects and pods."""
 LABEL_BUILD = f"{PREFIX}/build"
 """Build key (digest or request key, shortened) on build Jobs and their pods."""
+LABEL_REVISION = f"{PREFIX}/revision"
+"""The revision (a short hash of what the pods run) on revision Deployments and their pods."""
+LABEL_POD_TEMPLATE_HASH = "pod-template-hash"
+"""Set by the Deployment controller on every pod of a ReplicaSet: how the Deployment that
+predates revisions is told apart from revision Deployments without touching its pods."""
 
 ANNOTATION_APPLIED_HASH = f"{PREFIX}/applied-hash"
 """Hash of the desired object as last applied: equal hash means nothing to write."""
@@ -34,6 +39,23 @@ ANNOTATION_REQUEST_KEY = f"{PREFIX}/request-key"
 ANNOTATION_PLAN_KEY = f"{PREFIX}/plan-key"
 ANNOTATION_PLAN = f"{PREFIX}/plan"
 """The build plan JSON on the builder pod, projected into a file by the downward API."""
+ANNOTATION_RETIRED_AT = f"{PREFIX}/retired-at"
+"""On a revision Deployment scaled to zero after a release: when, so it is deleted later."""
+
+ANNOTATION_PROMOTE = f"{PREFIX}/promote"
+ANNOTATION_PROMOTE_FULL = f"{PREFIX}/promote-full"
+ANNOTATION_ABORT = f"{PREFIX}/abort"
+ANNOTATION_RETRY = f"{PREFIX}/retry"
+MANUAL_ANNOTATIONS = {
+    "promote": ANNOTATION_PROMOTE,
+    "promote-full": ANNOTATION_PROMOTE_FULL,
+    "abort": ANNOTATION_ABORT,
+    "retry": ANNOTATION_RETRY,
+}
+"""Manual release control on the ModelDeployment (people and GitOps set them, never we).
+The value is the canary's revision, optionally followed by ``@<token>``; each acts once per
+value, so a leftover annotation cannot act on the next release or twice on this one."""
+REVISION_LENGTH = 10
 
 INDEX_CONFIGMAP = "modelship-artifacts"
 """Per-namespace record of published artifacts (see docs/operator.md, "Artifact index")."""
@@ -79,8 +101,26 @@ def build_job_name(digest_or_key: str) -> str:
 
 
 def serving_name(owner_name: str) -> str:
-    """Deployment, Service, HPA and PDB share the ModelDeployment's name (a DNS-1035 label)."""
+    """The client Service, HPA and PDB share the ModelDeployment's name (a DNS-1035 label), and
+    so did the one Deployment of operators before revisions (adopted as the stable revision)."""
     return owner_name
+
+
+def revision_deployment_name(owner_name: str, revision: str) -> str:
+    """``<name>-<revision>``: at most 40 + 1 + 10 characters."""
+    return f"{owner_name}-{revision}"
+
+
+def stable_service_name(owner_name: str) -> str:
+    return f"{owner_name}-stable"
+
+
+def canary_service_name(owner_name: str) -> str:
+    return f"{owner_name}-canary"
+
+
+def revision_selector(owner_name: str, revision: str) -> dict[str, str]:
+    return selector_labels(owner_name) | {LABEL_REVISION: revision}
 
 
 def common_labels(component: str) -> dict[str, str]:

@@ -7,11 +7,14 @@ state machine can be driven tick by tick in tests without a cluster.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from modelship.api.timestamps import seconds_between
+from modelship.api.v1alpha1 import AnalysisResult, CanaryStatus, RevisionStatus
 from modelship.domain import naming, pod_faults
 from modelship.domain.plan import BuildTarget
 
@@ -86,9 +89,18 @@ class BuildObservation:
 
 @dataclass(frozen=True)
 class RolloutObservation:
-    """The serving Deployment."""
+    """One serving Deployment: a revision's, or (``legacy``) the one an operator from before
+    revisions created, named like the ModelDeployment."""
 
     exists: bool = False
+    name: str = ""
+    revision: str | None = None
+    """The revision label; None on the legacy Deployment."""
+    legacy: bool = False
+    retired_at: str | None = None
+    """When a release scaled it to zero (it is deleted after spec.rollout.scaleDownDelay)."""
+    template_hash: str | None = None
+    """pod-template-hash of the legacy Deployment's ready pods (how its Service selects them)."""
     applied_hash: str | None = None
     artifact: Artifact | None = None
     request_key: str | None = None
@@ -112,14 +124,61 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class ReleaseObservation:
+    """What a release decides from: the revisions there are and what the status remembers."""
+
+    now: datetime
+    image: str
+    """The runtime image new revisions run (part of the revision hash)."""
+    revisions: tuple[RolloutObservation, ...] = ()
+    stable: RevisionStatus | None = None
+    canary: CanaryStatus | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """The manual-control annotations present (promote, promote-full, abort, retry)."""
+    analysis: AnalysisResult | None = None
+    """A verdict reached this tick (the reconciler scrapes only when one is due)."""
+
+
+@dataclass(frozen=True)
 class Observation:
     generation: int
     target: BuildTarget
     stored: Artifact | None = None
     """The target's artifact according to the index (or the Deployment that already serves it)."""
     build: BuildObservation = field(default_factory=BuildObservation)
-    rollout: RolloutObservation = field(default_factory=RolloutObservation)
+    release: ReleaseObservation = field(
+        default_factory=lambda: ReleaseObservation(datetime.fromtimestamp(0, UTC), "")
+    )
     problems: tuple[Problem, ...] = ()
+
+    @property
+    def rollout(self) -> RolloutObservation:
+        """Every serving Deployment added up (the pods clients may reach)."""
+        live = [r for r in self.release.revisions if r.exists]
+        if not live:
+            return RolloutObservation()
+        return RolloutObservation(
+            exists=True,
+            desired=sum(r.desired for r in live),
+            replicas=sum(r.replicas for r in live),
+            updated=sum(r.updated for r in live),
+            ready=sum(r.ready for r in live),
+            available=sum(r.available for r in live),
+            complete=all(r.complete for r in live),
+            deadline_exceeded=any(r.deadline_exceeded for r in live),
+            message="; ".join(r.message for r in live if r.message),
+        )
+
+    def serving(self, request_key: str) -> RolloutObservation | None:
+        """A Deployment already serving the artifact of this build request, if any."""
+        return next(
+            (
+                r
+                for r in self.release.revisions
+                if r.artifact is not None and r.request_key == request_key
+            ),
+            None,
+        )
 
 
 def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -289,6 +348,7 @@ def parse_rollout(deployment: dict[str, Any] | None) -> RolloutObservation:
         return RolloutObservation()
     meta = deployment.get("metadata") or {}
     annotations = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
     desired = int(spec.get("replicas", 1))
@@ -303,8 +363,13 @@ def parse_rollout(deployment: dict[str, Any] | None) -> RolloutObservation:
         and progressing.get("reason") == "ProgressDeadlineExceeded"
     )
     artifact_json = annotations.get(naming.ANNOTATION_ARTIFACT)
+    revision = labels.get(naming.LABEL_REVISION)
     return RolloutObservation(
         exists=True,
+        name=meta.get("name", ""),
+        revision=revision,
+        legacy=revision is None,
+        retired_at=annotations.get(naming.ANNOTATION_RETIRED_AT),
         applied_hash=annotations.get(naming.ANNOTATION_APPLIED_HASH),
         artifact=Artifact.from_json(artifact_json) if artifact_json else None,
         request_key=annotations.get(naming.ANNOTATION_REQUEST_KEY),
@@ -317,3 +382,20 @@ def parse_rollout(deployment: dict[str, Any] | None) -> RolloutObservation:
         deadline_exceeded=deadline,
         message=_shorten(progressing.get("message", "")) if deadline else "",
     )
+
+
+def legacy_template_hash(pods: list[dict[str, Any]]) -> str | None:
+    """The pod-template-hash most ready pods of the legacy Deployment carry."""
+    counts: dict[str, int] = {}
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if naming.LABEL_REVISION in labels or naming.LABEL_POD_TEMPLATE_HASH not in labels:
+            continue
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (pod.get("status") or {}).get("conditions") or []
+        )
+        if ready:
+            key = labels[naming.LABEL_POD_TEMPLATE_HASH]
+            counts[key] = counts.get(key, 0) + 1
+    return max(counts, key=lambda k: counts[k]) if counts else None

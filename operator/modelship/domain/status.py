@@ -6,10 +6,12 @@ be read back from the status alone (the operator keeps no other memory across re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from modelship.api.serving import GRPC_PORT, REST_PORT
-from modelship.api.v1alpha1 import Phase
+from modelship.api.v1alpha1 import CanaryStatus, Phase, RevisionStatus
 from modelship.domain import naming
 from modelship.domain.lifecycle import State
 from modelship.domain.observation import Artifact, Observation
@@ -97,7 +99,27 @@ def state_from_status(status: dict[str, Any] | None) -> State:
     artifact = None
     if artifact_ok.get("status") == "True" and status.get("artifact"):
         artifact = Artifact.from_dict(status["artifact"])
-    return State(phase, ready.get("reason", ""), ready.get("message", ""), artifact)
+    return State(
+        phase,
+        ready.get("reason", ""),
+        ready.get("message", ""),
+        artifact,
+        _parsed(RevisionStatus, status.get("stable")),
+        _parsed(CanaryStatus, status.get("canary")),
+    )
+
+
+M = TypeVar("M", RevisionStatus, CanaryStatus)
+
+
+def _parsed(model: type[M], value: Any) -> M | None:
+    """A status part as we wrote it; None when absent or not ours (hand-edited, older)."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return model.model_validate(value)
+    except ValidationError:
+        return None
 
 
 def compute(
@@ -111,7 +133,7 @@ def compute(
     """The whole status (without ``kopf``), ready for a merge patch."""
     previous = previous or {}
     rollout = obs.rollout
-    served = rollout.artifact or state.artifact
+    served = state.artifact or _stable_artifact(state, obs)
     endpoints: dict[str, Any] = {"rest": naming.rest_endpoint(owner, REST_PORT)}
     if grpc:
         endpoints["grpc"] = naming.grpc_endpoint(owner, GRPC_PORT)
@@ -122,11 +144,24 @@ def compute(
             previous.get("conditions") or [], conditions(state, obs), obs.generation, now
         ),
         "artifact": served.to_status() if served else None,
+        "stable": state.stable.to_wire() if state.stable else None,
+        "canary": state.canary.to_wire() if state.canary else None,
         "replicas": rollout.replicas,
         "readyReplicas": rollout.ready,
         "selector": naming.selector_string(owner.name),
         "endpoints": endpoints,
     }
+
+
+def _stable_artifact(state: State, obs: Observation) -> Artifact | None:
+    """While the spec's artifact builds, the status names the one the stable revision serves."""
+    if state.stable is None:
+        return None
+    return next(
+        (r.artifact for r in obs.release.revisions if r.artifact and
+         r.artifact.digest == state.stable.digest),
+        None,
+    )  # fmt: skip
 
 
 def changed(previous: dict[str, Any] | None, current: dict[str, Any]) -> bool:

@@ -1,0 +1,62 @@
+"""Revisions (what the serving pods run) and how traffic is split between two of them.
+
+A revision is named by a short hash of the artifact digest, the spec's serving settings and the
+runtime image: any change to one of them is a new revision, released as a canary; a change to
+anything else (scaling bounds, analysis settings) is applied in place. The serving settings are
+hashed in the same default-free canonical form as the build recipe, so an operator upgrade that
+adds an optional serving field starts no release.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from modelship.api.artifact import canonical_json, sha256_hex
+from modelship.api.v1alpha1 import ModelDeploymentSpec
+from modelship.domain import naming
+
+
+def revision_of(spec: ModelDeploymentSpec, digest: str, image: str) -> str:
+    """The revision name of serving ``digest`` with the spec's serving settings and ``image``."""
+    serving = spec.serving.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    content = {"digest": digest, "serving": serving, "image": image}
+    return sha256_hex(canonical_json(content))[: naming.REVISION_LENGTH]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Pods of each revision for a weight."""
+
+    stable: int
+    canary: int
+
+
+class Router(Protocol):
+    """Realises a canary weight. The Gateway API router (weights on a route) comes later."""
+
+    def split(self, total: int, weight: int) -> Split:
+        """Pods of each revision when ``total`` pods serve and the canary asks ``weight``%."""
+        ...
+
+    def actual_weight(self, stable_ready: int, canary_ready: int) -> int:
+        """The share of requests the canary gets now, in percent."""
+        ...
+
+
+class ReplicaRouter:
+    """One Service selects the pods of both revisions; requests spread over ready pods, so the
+    weight is the canary's share of the ready pods. The canary has at least one pod, which can
+    make the real share larger than the one asked for on few pods: the status reports it."""
+
+    def split(self, total: int, weight: int) -> Split:
+        total = max(total, 1)
+        if weight >= 100:
+            return Split(0, total)
+        canary = max(1, math.floor(total * weight / 100 + 0.5))
+        return Split(max(1, total - canary), canary)
+
+    def actual_weight(self, stable_ready: int, canary_ready: int) -> int:
+        serving = stable_ready + canary_ready
+        return 0 if serving == 0 else math.floor(100 * canary_ready / serving + 0.5)
