@@ -59,7 +59,11 @@ def test_get_shows_printer_columns(cluster: Cluster, namespace: str) -> None:
             "phase": "Ready",
             "readyReplicas": 2,
             "artifact": {"digest": "sha256:" + "a" * 64, "variant": "int8-dynamic"},
-            "canary": {"revision": "r2", "digest": "sha256:" + "b" * 64, "weight": 10},
+            "canary": {
+                "revision": "r2", "digest": "sha256:" + "b" * 64, "weight": 10,
+                "phase": "Progressing", "startedAt": "2026-12-01T12:00:00Z",
+                "stepStartedAt": "2026-12-01T12:00:00Z",
+            },
         }
     }
     cluster.kubectl(
@@ -126,4 +130,4 @@ def test_explain_prints_our_descriptions(cluster: Cluster) -> None:
     assert "steps <[]Object>" in out
     assert "Canary steps with strictly increasing weights" in out
     deep = cluster.kubectl("explain", "mdep.spec.rollout.analysis.minRequests").stdout
-    assert "fewer is inconclusive, not a failure" in " ".join(deep.split())
+    assert "fewer is Inconclusive, never a failure" in " ".join(deep.split())

@@ -71,7 +71,7 @@ def test_installed_rbac_grants_what_rbac_py_declares(cluster: Any, namespace: st
                     for verb in rule["verbs"]:
                         assert can(verb, kind), f"{account} cannot {verb} {kind}"
                         assert can(verb, kind, "elsewhere"), f"{verb} {kind} is not cluster-wide"
-        assert not can("delete", "deployments.apps")
+        assert not can("delete", "services")
         assert not can("update", "modeldeployments.modelship.io")
         assert not can("get", "secrets")
     finally:

@@ -68,7 +68,7 @@ def test_operator_runs_under_its_cluster_role_only(
         "auth",
         "can-i",
         "delete",
-        "deployments",
+        "services",
         "-n",
         namespace,
         "--as=system:serviceaccount:modelship-system:modelship-operator",

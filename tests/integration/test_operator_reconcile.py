@@ -200,6 +200,21 @@ class Kube:
             f"the job controller to mark Job {job} {condition}",
         )
 
+    def deployments(self, name: str) -> list[Any]:
+        """The revision Deployments of a ModelDeployment, oldest first."""
+        items = self.apps.list_namespaced_deployment(
+            self.ns, label_selector=f"modelship.io/deployment={name}"
+        ).items
+        return sorted(items, key=lambda d: d.metadata.creation_timestamp)
+
+    def serving(self, name: str, digest_hex: str | None = None) -> Any:
+        """The Deployment of the revision serving ``digest_hex`` (any, when None)."""
+        for dep in self.deployments(name):
+            digest = dep.spec.template.metadata.annotations["modelship.io/artifact-digest"]
+            if digest_hex is None or digest == f"sha256:{digest_hex}":
+                return dep
+        return None
+
     def events(self, name: str) -> list[str]:
         items = self.core.list_namespaced_event(
             self.ns, field_selector=f"involvedObject.name={name}"
@@ -252,10 +267,18 @@ def test_apply_builds_then_serves_with_the_expected_children(
     assert kube.condition("sentiment", "ArtifactReady")["reason"] == "Building"
 
     kube.finish_build(job.metadata.name, ok=True, message=result_json())
-    dep = wait_for(
-        lambda: kube.get(kube.apps.read_namespaced_deployment, "sentiment"), "Deployment"
-    )
+    dep = wait_for(lambda: kube.serving("sentiment"), "Deployment")
+    revision = dep.metadata.labels["modelship.io/revision"]
+    assert dep.metadata.name == f"sentiment-{revision}"
+    assert dep.spec.selector.match_labels["modelship.io/revision"] == revision
     svc = wait_for(lambda: kube.get(kube.core.read_namespaced_service, "sentiment"), "Service")
+    for role in ("stable", "canary"):
+        other = wait_for(
+            lambda r=role: kube.get(kube.core.read_namespaced_service, f"sentiment-{r}"),
+            f"Service sentiment-{role}",
+        )
+        assert other.spec.selector["modelship.io/revision"] == revision
+    assert "modelship.io/revision" not in svc.spec.selector, "clients reach every revision"
     hpa = wait_for(
         lambda: kube.get(kube.autoscaling.read_namespaced_horizontal_pod_autoscaler, "sentiment"),
         "HPA",
@@ -299,6 +322,8 @@ def test_apply_builds_then_serves_with_the_expected_children(
         status["selector"] == "app.kubernetes.io/component=server,modelship.io/deployment=sentiment"
     )
     assert kube.condition("sentiment", "ArtifactReady")["status"] == "True"
+    assert status["stable"]["revision"] == revision
+    assert "canary" not in status, "the first revision is deployed directly"
     assert "kopf" not in (kube.mdep("sentiment")["metadata"].get("annotations") or {})
     index = kube.core.read_namespaced_config_map("modelship-artifacts", kube.ns)
     assert f"sha256-{'cd' * 32}" in index.data
@@ -336,7 +361,7 @@ def test_build_failure_is_degraded_with_the_builders_reason(
     assert kube.condition("broken", "Ready")["status"] == "False"
     wait_for(lambda: "BuildFailed" in kube.events("broken"), "a BuildFailed event")
     assert len(kube.jobs()) == 1, "a failed build must not be retried by a new Job"
-    assert kube.get(kube.apps.read_namespaced_deployment, "broken") is None
+    assert kube.deployments("broken") == []
 
 
 def test_digest_already_in_the_store_creates_no_job(
@@ -359,7 +384,7 @@ def test_digest_already_in_the_store_creates_no_job(
     )
     start_operator()
     kube.apply_mdep("cached", model_spec())
-    dep = wait_for(lambda: kube.get(kube.apps.read_namespaced_deployment, "cached"), "Deployment")
+    dep = wait_for(lambda: kube.serving("cached"), "Deployment")
     assert dep.spec.template.metadata.annotations["modelship.io/artifact-digest"] == digest
     assert kube.jobs() == []
     wait_for(  # the status is written after the children, in the same reconcile
@@ -386,9 +411,7 @@ def test_two_model_deployments_of_one_model_share_one_job(
     )
     kube.finish_build(job.metadata.name, ok=True, message=result_json())
     for name in ("a", "b"):
-        wait_for(
-            lambda n=name: kube.get(kube.apps.read_namespaced_deployment, n), f"Deployment {name}"
-        )
+        wait_for(lambda n=name: kube.serving(n), f"Deployment {name}")
     assert len(kube.jobs()) == 1
 
 
@@ -402,9 +425,12 @@ def test_delete_garbage_collects_the_children(
     wait_for(lambda: kube.get(kube.policy.read_namespaced_pod_disruption_budget, "gone"), "PDB")
     assert not kube.mdep("gone")["metadata"].get("finalizers"), "no finalizer is needed"
     kube.custom.delete_namespaced_custom_object(GROUP, VERSION, kube.ns, PLURAL, "gone")
+    wait_for(lambda: not kube.deployments("gone"), "GC of the revision Deployments")
+    for svc in ("gone", "gone-stable", "gone-canary"):
+        wait_for(
+            lambda n=svc: kube.get(kube.core.read_namespaced_service, n) is None, f"GC of {svc}"
+        )
     reads = (
-        kube.apps.read_namespaced_deployment,
-        kube.core.read_namespaced_service,
         kube.autoscaling.read_namespaced_horizontal_pod_autoscaler,
         kube.policy.read_namespaced_pod_disruption_budget,
     )
@@ -413,14 +439,14 @@ def test_delete_garbage_collects_the_children(
     wait_for(lambda: not kube.jobs(), "GC of the build Job")
 
 
-def test_spec_changes_update_what_they_touch_and_a_new_digest_rolls(
+def test_spec_changes_update_what_they_touch_and_a_new_digest_starts_a_canary(
     kube: Kube, start_operator: Callable[..., Operator]
 ) -> None:
     start_operator()
     kube.apply_mdep("up", model_spec())
     first = only_job(kube)
     kube.finish_build(first.metadata.name, ok=True, message=result_json("11" * 32))
-    dep = wait_for(lambda: kube.get(kube.apps.read_namespaced_deployment, "up"), "Deployment")
+    dep = wait_for(lambda: kube.serving("up"), "Deployment")
     wait_for(
         lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 1, "generation 1"
     )
@@ -434,10 +460,10 @@ def test_spec_changes_update_what_they_touch_and_a_new_digest_rolls(
     wait_for(
         lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 2, "generation 2"
     )
-    after = kube.apps.read_namespaced_deployment("up", kube.ns)
-    assert after.metadata.resource_version == dep.metadata.resource_version or (
-        after.metadata.generation == dep.metadata.generation
-    ), "maxReplicas must not touch the Deployment"
+    after = kube.apps.read_namespaced_deployment(dep.metadata.name, kube.ns)
+    assert after.metadata.generation == dep.metadata.generation, (
+        "maxReplicas must not touch the Deployment"
+    )
     assert len(kube.jobs()) == 1
 
     kube.apply_mdep(
@@ -446,22 +472,25 @@ def test_spec_changes_update_what_they_touch_and_a_new_digest_rolls(
     jobs = wait_for(lambda: len(kube.jobs()) == 2 and kube.jobs(), "a second build Job")
     second = next(j for j in jobs if j.metadata.name != first.metadata.name)
     wait_for(lambda: kube.phase("up") == "Building", "phase Building")
-    serving = kube.apps.read_namespaced_deployment("up", kube.ns)
-    assert (
-        serving.spec.template.metadata.annotations["modelship.io/artifact-digest"]
-        == f"sha256:{'11' * 32}"
-    )
+    assert [d.metadata.name for d in kube.deployments("up")] == [dep.metadata.name]
     kube.finish_build(second.metadata.name, ok=True, message=result_json("22" * 32, "fp16"))
-    wait_for(
-        lambda: (
-            kube.apps.read_namespaced_deployment("up", kube.ns).spec.template.metadata.annotations[
-                "modelship.io/artifact-digest"
-            ]
-            == f"sha256:{'22' * 32}"
-        ),
-        "the Deployment to roll to the new artifact",
+    canary = wait_for(lambda: kube.serving("up", "22" * 32), "the canary revision's Deployment")
+    assert canary.metadata.name != dep.metadata.name
+    assert canary.spec.replicas == 1, "the canary has at least one pod"
+    stable = kube.apps.read_namespaced_deployment(dep.metadata.name, kube.ns)
+    assert stable.metadata.generation == dep.metadata.generation, (
+        "the stable revision's Deployment is not touched"
     )
-    wait_for(lambda: kube.phase("up") in ("Progressing", "Deploying"), "a rollout phase")
+    status = wait_for(
+        lambda: (s := kube.mdep("up").get("status", {})).get("canary") and s, "status.canary"
+    )
+    assert status["phase"] == "Progressing"
+    assert status["canary"]["revision"] == canary.metadata.labels["modelship.io/revision"]
+    assert status["canary"]["desiredWeight"] == 10
+    assert status["stable"]["revision"] == dep.metadata.labels["modelship.io/revision"]
+    canary_svc = kube.core.read_namespaced_service("up-canary", kube.ns)
+    assert canary_svc.spec.selector["modelship.io/revision"] == status["canary"]["revision"]
+    wait_for(lambda: "CanaryStarted" in kube.events("up"), "a CanaryStarted event")
     wait_for(
         lambda: kube.mdep("up").get("status", {}).get("observedGeneration") == 3, "generation 3"
     )
@@ -549,7 +578,7 @@ def test_killed_at_each_phase_converges_without_duplicates_and_status_never_lies
     kube.finish_build(job.metadata.name, ok=True, message=result_json())
     assert kube.phase("r") == "Building", "nobody has observed the build yet"
     op = start_operator()
-    dep = wait_for(lambda: kube.get(kube.apps.read_namespaced_deployment, "r"), "Deployment")
+    dep = wait_for(lambda: kube.serving("r"), "Deployment")
     wait_for(lambda: kube.get(kube.policy.read_namespaced_pod_disruption_budget, "r"), "PDB")
     wait_for(lambda: kube.phase("r") == "Deploying", "phase Deploying")
 
@@ -566,11 +595,11 @@ def test_killed_at_each_phase_converges_without_duplicates_and_status_never_lies
     )
     hpa = kube.autoscaling.read_namespaced_horizontal_pod_autoscaler("r", kube.ns)
     assert hpa.spec.max_replicas == 4
-    after = kube.apps.read_namespaced_deployment("r", kube.ns)
+    after = kube.apps.read_namespaced_deployment(dep.metadata.name, kube.ns)
     assert after.metadata.generation == dep.metadata.generation, "no rollout from a restart"
     assert len(kube.apps.list_namespaced_replica_set(kube.ns).items) == 1
     assert len(kube.apps.list_namespaced_deployment(kube.ns).items) == 1
-    assert len(kube.core.list_namespaced_service(kube.ns).items) == 1
+    assert len(kube.core.list_namespaced_service(kube.ns).items) == 3
     assert len(kube.autoscaling.list_namespaced_horizontal_pod_autoscaler(kube.ns).items) == 1
     assert len(kube.policy.list_namespaced_pod_disruption_budget(kube.ns).items) == 1
     assert len(kube.jobs()) == 1

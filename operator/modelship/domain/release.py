@@ -300,11 +300,12 @@ def _steady(tick: _Tick) -> Release:
     if seen.exists and seen.complete and seen.ready >= tick.total:
         phase, reason = Phase.READY, "Ready"
         message = f"{seen.ready}/{tick.total} pods serve revision {tick.stable} ({digest})"
-    elif seen.available == 0 and (tick.obs.stable is None or not seen.exists):
+    elif not seen.exists:
         phase, reason = Phase.DEPLOYING, "Deploying"
-        message = (
-            f"deploying revision {tick.stable} ({digest}): {seen.ready}/{tick.total} pods ready"
-        )
+        message = f"deploying revision {tick.stable} ({digest})"
+    elif seen.available == 0:
+        phase, reason = Phase.DEPLOYING, "WaitingForPods"
+        message = f"revision {tick.stable}: {seen.ready}/{tick.total} pods ready"
     else:
         phase, reason = Phase.PROGRESSING, "Scaling"
         message = f"{seen.ready}/{tick.total} pods of revision {tick.stable} ready"
