@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 from modelship.api.v1alpha1 import Phase
 
@@ -53,6 +60,20 @@ class OperatorMetrics:
         )
         for phase in Phase:
             self.objects.labels(phase.value)
+        self.analyses = Counter(
+            "modelship_operator_analyses_total",
+            "Canary analyses by verdict (Pass, Fail, Inconclusive).",
+            ["verdict"],
+            registry=self.registry,
+        )
+        self.analysis_cpu_seconds = Histogram(
+            "modelship_operator_analysis_cpu_seconds",
+            "Process CPU time spent on one canary analysis (scraping every pod of both "
+            "revisions, parsing, judging).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
         self.leader = Gauge(
             "modelship_operator_leader",
             "1 while this replica reconciles (holds the leader Lease, or runs without leader "
@@ -67,6 +88,10 @@ class OperatorMetrics:
         self.builds.labels(outcome).inc()
         if seconds is not None:
             self.build_seconds.labels(outcome).observe(seconds)
+
+    def observe_analysis(self, verdict: str, cpu_seconds: float) -> None:
+        self.analyses.labels(verdict).inc()
+        self.analysis_cpu_seconds.observe(cpu_seconds)
 
     def set_phases(self, phases: Tally[str]) -> None:
         for phase in Phase:

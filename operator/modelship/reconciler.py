@@ -6,6 +6,7 @@ It is the seam between the pure domain and :mod:`modelship.kube`; it knows nothi
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -221,7 +222,10 @@ class Reconciler:
             revisions = [replace(r, template_hash=template) if r.legacy else r for r in revisions]
         verdict = None
         if analysing and canary is not None and before.stable is not None and pods is not None:
+            cpu = time.process_time()
             verdict = self._analyse(spec, canary, before.stable.revision, pods, memory, moment)
+            if verdict is not None:
+                self.metrics.observe_analysis(verdict.verdict.value, time.process_time() - cpu)
         manual = {
             key: value
             for key, value in annotations.items()

@@ -277,11 +277,11 @@ def test_the_standby_operator_takes_over_when_the_leader_goes(
 
 
 def _replicas(cluster: Cluster, name: str) -> tuple[int, int]:
-    """(replicas the HPA asks for, ready pods of the serving Deployment)."""
+    """(replicas the HPA asks for, ready serving pods of every revision)."""
     hpa = json.loads(cluster.kubectl("get", "hpa", name, "-n", NS, "-o", "json").stdout)
-    deploy = json.loads(cluster.kubectl("get", "deployment", name, "-n", NS, "-o", "json").stdout)
     desired = hpa.get("status", {}).get("desiredReplicas", 0)
-    return int(desired), int(deploy.get("status", {}).get("readyReplicas", 0))
+    ready = stack.get_mdep(cluster, NS, name).get("status", {}).get("readyReplicas", 0)
+    return int(desired), int(ready or 0)
 
 
 def test_hpa_scales_out_under_load_and_back_in(modelship: Cluster, mlp: tuple[Path, str]) -> None:

@@ -85,8 +85,8 @@ def test_one_bad_request_does_not_fail_its_batch(
         responses = list(pool.map(call, range(8)))
     for i, response in enumerate(responses):
         if i == 4:
-            assert response.status_code == 400
-            assert "the model could not run on these inputs" in response.json()["error"]
+            assert response.status_code == 500
+            assert "the model failed on these inputs" in response.json()["error"]
         else:
             assert response.status_code == 200, response.text
             np.testing.assert_allclose(response.json()["outputs"][0]["data"],

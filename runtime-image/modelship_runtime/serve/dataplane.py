@@ -136,9 +136,14 @@ class DataPlane:
         except InferenceError:
             raise
         except Exception as exc:
-            # Inputs passed validation and the model ran at warm-up, so what remains is data
-            # the graph cannot take (an index out of range, an unsupported size): the caller's.
-            raise invalid(f"the model could not run on these inputs: {exc}") from exc
+            # The inputs match the model's signature, so a failure inside the graph (an index
+            # out of range, a shape it cannot take) counts against the model, as KServe and
+            # Triton count it: a new version that fails where the old one answers must show up
+            # in the 5xx rate that canary analysis judges.
+            raise InferenceError(
+                ErrorKind.INTERNAL,
+                f"the model failed on these inputs, which match its signature: {exc}",
+            ) from exc
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:

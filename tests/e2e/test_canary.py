@@ -1,0 +1,363 @@
+"""Canary releases on the real local node, under load from ``hey`` through the client Service.
+
+Each test starts from a first revision (deployed directly), then releases a second one built from
+a real ONNX model made for the purpose: a good one, one that fails on part of the inputs, one
+several times slower than the stable. Analysis runs every 5 s on the pods' own /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from localkube import Cluster, stack
+from localkube.load import HeyLoad, LoadResult, infer_body
+
+pytestmark = pytest.mark.e2e
+
+NS = stack.E2E_NAMESPACE
+SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+INTERVAL_S = 5
+FAILURE_LIMIT = 2
+GOOD_X = [-0.5] + [0.1] * 15
+"""A row every version answers."""
+BAD_X = [0.5] + [0.1] * 15
+"""A row the failing version cannot take (its first feature is positive)."""
+
+
+def _model(path: Path, seed: int, *, fails_on_positive: bool = False, slow: int = 0) -> Path:
+    """x[N,16] -> MLP -> y[N,4]; optionally failing for rows whose x[:,0] > 0 (a Gather out of
+    bounds, an error inside the graph), or ``slow`` extra 384x384 matmuls per row."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(16, 32)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(32,)).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(size=(32, 4)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y0"]),
+    ]
+    out = "y0"
+    if fails_on_positive:
+        inits += [
+            numpy_helper.from_array(np.array([0], np.int64), "s0"),
+            numpy_helper.from_array(np.array([1], np.int64), "s1"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(np.array(0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(100, np.int64), "far"),
+            numpy_helper.from_array(np.zeros(4, np.float32), "table"),
+        ]
+        nodes += [
+            helper.make_node("Slice", ["x", "s0", "s1", "axis1"], ["first"]),
+            helper.make_node("Greater", ["first", "zero"], ["positive"]),
+            helper.make_node("Cast", ["positive"], ["flag"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["flag", "far"], ["index"]),
+            helper.make_node("Gather", ["table", "index"], ["picked"], axis=0),
+            helper.make_node("Add", [out, "picked"], ["y1"]),
+        ]
+        out = "y1"
+    if slow:
+        inits += [
+            numpy_helper.from_array(rng.normal(size=(16, 384)).astype(np.float32) / 4, "up"),
+            numpy_helper.from_array(np.eye(384, dtype=np.float32), "eye"),
+            numpy_helper.from_array(np.zeros((384, 4), np.float32), "down"),
+        ]
+        nodes.append(helper.make_node("MatMul", ["x", "up"], ["z0"]))
+        for i in range(slow):
+            nodes.append(helper.make_node("MatMul", [f"z{i}", "eye"], [f"z{i + 1}"]))
+        nodes += [
+            helper.make_node("MatMul", [f"z{slow}", "down"], ["extra"]),
+            helper.make_node("Add", [out, "extra"], ["y2"]),
+        ]
+        out = "y2"
+    nodes.append(helper.make_node("Identity", [out], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "canary-mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Models:
+    """The test models, each copied once into the namespace's models PVC."""
+
+    def __init__(self, cluster: Cluster, workdir: Path) -> None:
+        self.cluster, self.workdir = cluster, workdir
+        self.prefix = f"canary-{uuid.uuid4().hex[:6]}"
+        self.uris: dict[str, tuple[str, str]] = {}
+
+    def get(self, name: str, **kind: Any) -> tuple[str, str]:
+        if name not in self.uris:
+            path = _model(self.workdir / f"{name}.onnx", seed=11 if name == "v1" else 12, **kind)
+            uri = stack.seed_model(self.cluster, NS, path, f"{self.prefix}/{name}.onnx")
+            self.uris[name] = (uri, _sha256(path))
+        return self.uris[name]
+
+    def calibration(self) -> str:
+        """Samples every version runs on (the failing one needs x[:,0] <= 0 to be built)."""
+        if "calibration" not in self.uris:
+            x = np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32)
+            x[:, 0] = -np.abs(x[:, 0])
+            path = self.workdir / "calibration.npz"
+            np.savez(path, x=x)
+            uri = stack.seed_model(self.cluster, NS, path, f"{self.prefix}/calibration.npz")
+            self.uris["calibration"] = (uri, "")
+        return self.uris["calibration"][0]
+
+
+@pytest.fixture(scope="module")
+def models(modelship: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Models:
+    return Models(modelship, tmp_path_factory.mktemp("canary-models"))
+
+
+def _spec(models: Models, version: str, rollout: dict[str, Any], **kind: Any) -> dict[str, Any]:
+    uri, sha = models.get(version, **kind)
+    return {
+        "model": {"uri": uri, "sha256": sha},
+        "optimization": {
+            "precision": "fp32",
+            "calibration": {"uri": models.calibration(), "samples": 32},
+        },
+        "serving": {"resources": SMALL, "grpc": False},
+        "scaling": {"minReplicas": 2, "maxReplicas": 2},
+        "rollout": rollout,
+    }
+
+
+def _rollout(**analysis: Any) -> dict[str, Any]:
+    return {
+        "steps": [{"weight": 50, "pause": "10s"}],
+        "progressDeadline": "8m",
+        "scaleDownDelay": "5s",
+        "analysis": {"interval": f"{INTERVAL_S}s", "minRequests": 10,
+                     "failureLimit": FAILURE_LIMIT} | analysis,
+    }  # fmt: skip
+
+
+def _apply(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:
+    obj = {
+        "apiVersion": "modelship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+    cluster.kubectl("apply", "--server-side", "--field-manager=e2e", "-f", "-",
+                    input=json.dumps(obj))  # fmt: skip
+
+
+def _first_revision(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    _apply(cluster, name, spec)
+    return stack.wait_for(
+        cluster, NS, name,
+        lambda o: stack.is_ready(o) and o["status"].get("readyReplicas") == 2,
+        "Ready with 2 pods", 900,
+    )  # fmt: skip
+
+
+def _url(cluster: Cluster, name: str) -> str:
+    return f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
+
+
+def _canary(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(obj.get("status", {}).get("canary") or {})
+
+
+def _watch_release(
+    cluster: Cluster, name: str, done: Callable[[dict[str, Any]], bool], timeout_s: float
+) -> list[dict[str, Any]]:
+    """Every distinct canary status seen until ``done``, printed as the release goes."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        obj = stack.get_mdep(cluster, NS, name)
+        canary = _canary(obj)
+        summary = {k: canary.get(k) for k in ("phase", "step", "desiredWeight", "weight")}
+        verdict = (canary.get("lastAnalysis") or {}).get("verdict")
+        if canary and (not seen or seen[-1]["summary"] != summary or
+                       seen[-1]["verdict"] != verdict):  # fmt: skip
+            seen.append({"at": time.monotonic(), "summary": summary, "verdict": verdict,
+                         "canary": canary})  # fmt: skip
+            print(f"{name}: {summary} last analysis {verdict}", file=sys.stderr)
+        if done(obj):
+            return seen
+        assert time.monotonic() < deadline, f"{name}: not done after {timeout_s:.0f}s: {seen[-3:]}"
+        time.sleep(0.5)
+
+
+def _events(cluster: Cluster, name: str) -> dict[str, str]:
+    out = cluster.kubectl(
+        "get", "events", "-n", NS, "--field-selector", f"involvedObject.name={name}",
+        "-o", "json",
+    ).stdout  # fmt: skip
+    return {e["reason"]: e["message"] for e in json.loads(out)["items"]}
+
+
+def _phase(obj: dict[str, Any]) -> str:
+    return str(_canary(obj).get("phase", ""))
+
+
+def _rolled_back_after_failures(seen: list[dict[str, Any]]) -> float:
+    """Seconds from the first failed analysis to the rollback."""
+    first_fail = next(s["at"] for s in seen if s["verdict"] == "Fail")
+    aborted = next(s["at"] for s in seen if s["summary"]["phase"] == "Aborted")
+    return float(aborted - first_fail)
+
+
+def test_a_good_version_walks_every_step_and_is_promoted_without_a_failed_request(
+    modelship: Cluster, models: Models
+) -> None:
+    name = "canary-good"
+    _first_revision(modelship, name, _spec(models, "v1", _rollout()))
+    with HeyLoad(_url(modelship, name), infer_body(GOOD_X), concurrency=2,
+                 qps_per_worker=25, duration_s=600) as load:  # fmt: skip
+        _apply(modelship, name, _spec(models, "v2", _rollout()))
+        seen = _watch_release(
+            modelship, name,
+            lambda o: _phase(o) == "Succeeded" and stack.is_ready(o), 600,
+        )  # fmt: skip
+        result: LoadResult = load.stop()
+    steps = [s["summary"] for s in seen]
+    assert any(s["phase"] == "Progressing" and s["weight"] == 50 for s in steps), steps
+    assert any(s["verdict"] == "Pass" for s in seen), "analysis passed at least once"
+    print(f"{name}: {result.total} requests, codes {result.codes}, errors {result.errors}")
+    assert result.total > 300
+    assert result.failed == 0, f"failed requests during the release: {result}"
+    obj = stack.get_mdep(modelship, NS, name)
+    assert obj["status"]["stable"]["revision"] == _canary(obj)["revision"]
+    events = _events(modelship, name)
+    assert {"CanaryStarted", "Promoting", "Promoted"} <= events.keys(), events
+    modelship.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")
+
+
+def test_a_version_failing_on_part_of_the_inputs_is_rolled_back(
+    modelship: Cluster, models: Models
+) -> None:
+    name = "canary-failing"
+    _first_revision(modelship, name, _spec(models, "v1", _rollout()))
+    url = _url(modelship, name)
+    with HeyLoad(url, infer_body(GOOD_X), concurrency=2, qps_per_worker=20,
+                 duration_s=600) as good, HeyLoad(url, infer_body(BAD_X), concurrency=1,
+                                                  qps_per_worker=20, duration_s=600):  # fmt: skip
+        _apply(modelship, name, _spec(models, "broken", _rollout(), fails_on_positive=True))
+        seen = _watch_release(modelship, name, lambda o: _phase(o) == "Aborted", 600)
+        result = good.stop()
+    took = _rolled_back_after_failures(seen)
+    print(f"{name}: rolled back {took:.1f}s after the first failed analysis")
+    assert took <= (FAILURE_LIMIT + 1) * INTERVAL_S + INTERVAL_S, seen[-4:]
+    assert result.failed == 0, f"the rows every version answers must never fail: {result}"
+    obj = stack.get_mdep(modelship, NS, name)
+    assert obj["status"]["phase"] == "Degraded"
+    degraded = stack.condition(obj, "Degraded")
+    assert degraded["status"] == "True"
+    assert "success rate" in degraded["message"]
+    assert "%" in degraded["message"]
+    assert "RolledBack" in _events(modelship, name)
+    assert "success rate" in _events(modelship, name)["RolledBack"]
+    stack.wait_for(modelship, NS, name,
+                   lambda o: o["status"].get("readyReplicas") == 2 and not _canary(o).get(
+                       "readyReplicas"), "the stable alone", 120)  # fmt: skip
+    modelship.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")
+
+
+def test_a_version_several_times_slower_is_rolled_back_by_the_relative_check(
+    modelship: Cluster, models: Models
+) -> None:
+    name = "canary-slow"
+    rollout = _rollout(maxP99LatencyMs=10_000, maxP99LatencyRatio=2.0)
+    _first_revision(modelship, name, _spec(models, "v1", rollout))
+    with HeyLoad(_url(modelship, name), infer_body(GOOD_X), concurrency=2, qps_per_worker=20,
+                 duration_s=600) as load:  # fmt: skip
+        _apply(modelship, name, _spec(models, "slow", rollout, slow=40))
+        _watch_release(modelship, name, lambda o: _phase(o) == "Aborted", 600)
+        result = load.stop()
+    assert result.failed == 0, result
+    obj = stack.get_mdep(modelship, NS, name)
+    checks = {c["name"]: c for c in _canary(obj)["lastAnalysis"]["checks"]}
+    assert checks["p99LatencyRatio"]["verdict"] == "Fail", checks
+    assert checks["p99LatencyMs"]["verdict"] == "Pass", "only the relative check catches it"
+    assert "x stable" in stack.condition(obj, "Degraded")["message"]
+    modelship.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")
+
+
+def test_too_little_traffic_holds_inconclusive_then_follows_on_inconclusive(
+    modelship: Cluster, models: Models
+) -> None:
+    name = "canary-thin"
+    rollout = _rollout(minRequests=100_000, inconclusiveLimit=3, onInconclusive="rollback")
+    _first_revision(modelship, name, _spec(models, "v1", rollout))
+    with HeyLoad(_url(modelship, name), infer_body(GOOD_X), concurrency=1, qps_per_worker=2,
+                 duration_s=600):  # fmt: skip
+        _apply(modelship, name, _spec(models, "v2", rollout))
+        seen = _watch_release(modelship, name, lambda o: _phase(o) == "Aborted", 600)
+    verdicts = [s["verdict"] for s in seen if s["verdict"]]
+    assert set(verdicts) == {"Inconclusive"}, verdicts
+    held = [s["canary"] for s in seen if s["summary"]["phase"] == "Progressing"]
+    assert held, "it held at its step before the limit"
+    assert all(c["failedIntervals"] == 0 for c in held), "thin traffic never fails a canary"
+    obj = stack.get_mdep(modelship, NS, name)
+    assert _canary(obj)["reason"] == "Inconclusive"
+    modelship.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")
+
+
+def _plugin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelship.plugin", "--kubeconfig", str(cluster.kubeconfig),
+         "-n", NS, *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_kubectl_modelship_promote_and_abort_a_paused_canary(
+    modelship: Cluster, models: Models
+) -> None:
+    name = "canary-manual"
+    rollout = _rollout() | {"steps": [{"weight": 50}]}
+    _first_revision(modelship, name, _spec(models, "v1", rollout))
+    with HeyLoad(_url(modelship, name), infer_body(GOOD_X), concurrency=1, qps_per_worker=20,
+                 duration_s=600) as load:  # fmt: skip
+        _apply(modelship, name, _spec(models, "v2", rollout))
+        _watch_release(modelship, name, lambda o: _phase(o) == "Paused", 600)
+        status = _plugin(modelship, "status", name)
+        assert status.returncode == 0, status.stderr
+        assert "Paused" in status.stdout
+        promoted = _plugin(modelship, "promote", name)
+        assert promoted.returncode == 0, promoted.stderr
+        _watch_release(modelship, name, lambda o: _phase(o) == "Succeeded", 300)
+        # The next release waits too, and is aborted by hand.
+        _apply(modelship, name, _spec(models, "v1", rollout))
+        _watch_release(modelship, name, lambda o: _phase(o) == "Paused", 600)
+        aborted = _plugin(modelship, "abort", name)
+        assert aborted.returncode == 0, aborted.stderr
+        _watch_release(modelship, name, lambda o: _phase(o) == "Aborted", 120)
+        result = load.stop()
+    assert result.failed == 0, result
+    obj = stack.get_mdep(modelship, NS, name)
+    assert _canary(obj)["reason"] == "Aborted"
+    modelship.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")
