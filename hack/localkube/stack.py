@@ -38,14 +38,21 @@ def build_and_load_images(cluster: Cluster) -> None:
     cluster.load_docker_image(OPERATOR_IMAGE)
 
 
-def helm_install(cluster: Cluster, namespaces: list[str], extra: list[str] | None = None) -> None:
-    """``helm upgrade --install`` the chart with the local images and a store PVC per namespace."""
+def helm_install(
+    cluster: Cluster,
+    namespaces: list[str],
+    extra: list[str] | None = None,
+    chart: Path = CHART,
+    operator_image: str = OPERATOR_IMAGE,
+) -> None:
+    """``helm upgrade --install`` the chart with the local images and a store PVC per namespace
+    (``chart`` and ``operator_image`` name another version, for the upgrade test)."""
     helm = binaries.ensure(("helm",))["helm"]
     # Helm installs a chart's CRDs once and never upgrades them; apply them like an upgrade would.
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(chart / "crds"))
     sets = {
-        "image.repository": OPERATOR_IMAGE.split(":")[0],
-        "image.tag": OPERATOR_IMAGE.split(":")[1],
+        "image.repository": operator_image.split(":")[0],
+        "image.tag": operator_image.split(":")[1],
         "image.pullPolicy": "Never",
         "runtimeImage.repository": RUNTIME_IMAGE.split(":")[0],
         "runtimeImage.tag": RUNTIME_IMAGE.split(":")[1],
@@ -66,7 +73,7 @@ def helm_install(cluster: Cluster, namespaces: list[str], extra: list[str] | Non
         "upgrade",
         "--install",
         RELEASE,
-        str(CHART),
+        str(chart),
         "--namespace",
         OPERATOR_NAMESPACE,
         "--create-namespace",

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from canary_models import BAD_X, GOOD_X, calibration_rows, canary_model
 from localkube import Cluster, stack
 from localkube.load import HeyLoad, LoadResult, infer_body
 
@@ -30,73 +29,6 @@ NS = stack.E2E_NAMESPACE
 SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 INTERVAL_S = 5
 FAILURE_LIMIT = 2
-GOOD_X = [-0.5] + [0.1] * 15
-"""A row every version answers."""
-BAD_X = [0.5] + [0.1] * 15
-"""A row the failing version cannot take (its first feature is positive)."""
-
-
-def _model(path: Path, seed: int, *, fails_on_positive: bool = False, slow: int = 0) -> Path:
-    """x[N,16] -> MLP -> y[N,4]; optionally failing for rows whose x[:,0] > 0 (a Gather out of
-    bounds, an error inside the graph), or ``slow`` extra 384x384 matmuls per row."""
-    rng = np.random.default_rng(seed)
-    inits = [
-        numpy_helper.from_array(rng.normal(size=(16, 32)).astype(np.float32), "w1"),
-        numpy_helper.from_array(rng.normal(size=(32,)).astype(np.float32), "b1"),
-        numpy_helper.from_array(rng.normal(size=(32, 4)).astype(np.float32), "w2"),
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h"]),
-        helper.make_node("Add", ["h", "b1"], ["hb"]),
-        helper.make_node("Relu", ["hb"], ["r"]),
-        helper.make_node("MatMul", ["r", "w2"], ["y0"]),
-    ]
-    out = "y0"
-    if fails_on_positive:
-        inits += [
-            numpy_helper.from_array(np.array([0], np.int64), "s0"),
-            numpy_helper.from_array(np.array([1], np.int64), "s1"),
-            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-            numpy_helper.from_array(np.array(0, np.float32), "zero"),
-            numpy_helper.from_array(np.array(100, np.int64), "far"),
-            numpy_helper.from_array(np.zeros(4, np.float32), "table"),
-        ]
-        nodes += [
-            helper.make_node("Slice", ["x", "s0", "s1", "axis1"], ["first"]),
-            helper.make_node("Greater", ["first", "zero"], ["positive"]),
-            helper.make_node("Cast", ["positive"], ["flag"], to=TensorProto.INT64),
-            helper.make_node("Mul", ["flag", "far"], ["index"]),
-            helper.make_node("Gather", ["table", "index"], ["picked"], axis=0),
-            helper.make_node("Add", [out, "picked"], ["y1"]),
-        ]
-        out = "y1"
-    if slow:
-        inits += [
-            numpy_helper.from_array(rng.normal(size=(16, 384)).astype(np.float32) / 4, "up"),
-            numpy_helper.from_array(np.eye(384, dtype=np.float32), "eye"),
-            numpy_helper.from_array(np.zeros((384, 4), np.float32), "down"),
-        ]
-        nodes.append(helper.make_node("MatMul", ["x", "up"], ["z0"]))
-        for i in range(slow):
-            nodes.append(helper.make_node("MatMul", [f"z{i}", "eye"], [f"z{i + 1}"]))
-        nodes += [
-            helper.make_node("MatMul", [f"z{slow}", "down"], ["extra"]),
-            helper.make_node("Add", [out, "extra"], ["y2"]),
-        ]
-        out = "y2"
-    nodes.append(helper.make_node("Identity", [out], ["y"]))
-    graph = helper.make_graph(
-        nodes,
-        "canary-mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
 
 
 def _sha256(path: Path) -> str:
@@ -115,7 +47,8 @@ class Models:
 
     def get(self, name: str, **kind: Any) -> tuple[str, str]:
         if name not in self.uris:
-            path = _model(self.workdir / f"{name}.onnx", seed=11 if name == "v1" else 12, **kind)
+            seed = 11 if name == "v1" else 12
+            path = canary_model(self.workdir / f"{name}.onnx", seed=seed, **kind)
             uri = stack.seed_model(self.cluster, NS, path, f"{self.prefix}/{name}.onnx")
             self.uris[name] = (uri, _sha256(path))
         return self.uris[name]
@@ -123,10 +56,8 @@ class Models:
     def calibration(self) -> str:
         """Samples every version runs on (the failing one needs x[:,0] <= 0 to be built)."""
         if "calibration" not in self.uris:
-            x = np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32)
-            x[:, 0] = -np.abs(x[:, 0])
             path = self.workdir / "calibration.npz"
-            np.savez(path, x=x)
+            np.savez(path, x=calibration_rows())
             uri = stack.seed_model(self.cluster, NS, path, f"{self.prefix}/calibration.npz")
             self.uris["calibration"] = (uri, "")
         return self.uris["calibration"][0]
@@ -294,7 +225,7 @@ def test_a_version_several_times_slower_is_rolled_back_by_the_relative_check(
     _first_revision(modelship, name, _spec(models, "v1", rollout))
     with HeyLoad(_url(modelship, name), infer_body(GOOD_X), concurrency=2, qps_per_worker=20,
                  duration_s=600) as load:  # fmt: skip
-        _apply(modelship, name, _spec(models, "slow", rollout, slow=40))
+        _apply(modelship, name, _spec(models, "slow", rollout, slow=100))
         _watch_release(modelship, name, lambda o: _phase(o) == "Aborted", 600)
         result = load.stop()
     assert result.failed == 0, result
