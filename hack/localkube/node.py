@@ -67,6 +67,22 @@ def prepare_host() -> None:
         path = Path("/proc/sys") / key
         if path.exists():
             path.write_text(value)
+    _allow_pod_to_pod()
+
+
+POD_FORWARD_CHAIN = "CNI-MSHIP-FORWARD"
+"""Accepts traffic between pods on the bridge; its CNI- prefix makes clean_host remove it."""
+
+
+def _allow_pod_to_pod() -> None:
+    """Bridged pod-to-pod packets go through the FORWARD chain (bridge-nf-call-iptables), whose
+    policy Docker sets to DROP: without this rule a pod reaches Services and the host but not
+    another pod's IP (the operator scraping a pod's /metrics for canary analysis)."""
+    run("iptables", "-N", POD_FORWARD_CHAIN, check=False)
+    run("iptables", "-F", POD_FORWARD_CHAIN)
+    run("iptables", "-A", POD_FORWARD_CHAIN, "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
+    if run("iptables", "-C", "FORWARD", "-j", POD_FORWARD_CHAIN, check=False).returncode != 0:
+        run("iptables", "-I", "FORWARD", "1", "-j", POD_FORWARD_CHAIN)
 
 
 class NodeFiles:
