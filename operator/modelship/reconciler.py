@@ -131,7 +131,10 @@ class Reconciler:
         owner = naming.Owner(meta["name"], meta["namespace"], meta["uid"])
         memory = self._memory.setdefault(owner.uid, _Memory())
         generation = int(meta.get("generation", 1))
-        previous = body.get("status") or {}
+        # Only this process writes the status while it leads, so what it last wrote is at least
+        # as new as the body, which may predate our own last write (its watch event in flight):
+        # a release must never step back to a state it already left.
+        previous = memory.status or body.get("status") or {}
         try:
             spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
         except ValidationError as e:
@@ -399,6 +402,8 @@ class Reconciler:
             stamp = scale.annotations.get(naming.ANNOTATION_RETIRED_AT)
             if current.desired != scale.replicas or current.retired_at != stamp:
                 self.kube.scale(ns, scale.name, scale.replicas, scale.annotations)
+                # Not what its applied hash says any more: a later apply must write it again.
+                memory.hashes.pop(f"Deployment/{scale.name}", None)
                 writes += 1
         for kind, name in wanted.delete:
             key = f"{kind}/{name}"
