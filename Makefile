@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help demo host-deps venv crds rbac test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
+.PHONY: help demo host-deps venv crds rbac argocd test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ crds: venv  ## regenerate the CRD YAML (crds/ and the chart) from the pydantic m
 rbac: venv  ## regenerate deploy/rbac.yaml and the chart's RBAC template from modelship/rbac.py
 	$(PY) -m modelship.rbac > deploy/rbac.yaml
 	$(PY) hack/chart_rbac.py
+
+argocd: venv  ## regenerate deploy/argocd/argocd-cm.yaml from the Lua customizations beside it
+	$(PY) hack/argocd_cm.py
 
 test: host-deps venv cluster-build  ## lint and every tier, e2e included (the README's test command; CI runs it)
 	$(MAKE) lint
