@@ -68,13 +68,6 @@ def _spec(uri: str, sha: str, calibration: str, pods: int, **rollout: Any) -> di
     }  # fmt: skip
 
 
-def _apply(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:
-    obj = {"apiVersion": "modelship.io/v1alpha1", "kind": "ModelDeployment",
-           "metadata": {"name": name, "namespace": NS}, "spec": spec}  # fmt: skip
-    cluster.kubectl("apply", "--server-side", "--field-manager=bench", "-f", "-",
-                    input=json.dumps(obj))  # fmt: skip
-
-
 def _canary(cluster: Cluster, name: str) -> dict[str, Any]:
     return dict(stack.get_mdep(cluster, NS, name).get("status", {}).get("canary") or {})
 
@@ -102,7 +95,7 @@ def _requests_by_revision(cluster: Cluster, name: str) -> dict[str, float]:
 def promotion(cluster: Cluster, models: dict[str, tuple[str, str]], pods: int) -> dict[str, Any]:
     name = "bench-good"
     cal = models["calibration"][0]
-    _apply(cluster, name, _spec(*models["v1"], cal, pods))
+    stack.apply_mdep(cluster, NS, name, _spec(*models["v1"], cal, pods))
     stack.wait_for(cluster, NS, name, lambda o: stack.is_ready(o)
                    and o["status"].get("readyReplicas") == pods, "Ready", 900)  # fmt: skip
     url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
@@ -110,7 +103,7 @@ def promotion(cluster: Cluster, models: dict[str, tuple[str, str]], pods: int) -
     with HeyLoad(url, infer_body(GOOD_X), concurrency=4, qps_per_worker=25,
                  duration_s=1200) as load:  # fmt: skip
         changed = time.monotonic()
-        _apply(cluster, name, _spec(*models["v2"], cal, pods))
+        stack.apply_mdep(cluster, NS, name, _spec(*models["v2"], cal, pods))
         started = None
         step_seen: dict[int, tuple[float, dict[str, float]]] = {}
         while True:
@@ -119,8 +112,8 @@ def promotion(cluster: Cluster, models: dict[str, tuple[str, str]], pods: int) -
                 started = time.monotonic()
             step, ready = canary.get("step"), canary.get("readyReplicas", 0)
             # At the step's weight once every canary pod is ready; shares are counted from there.
-            at_weight = canary.get("phase") == "Progressing" and ready and (
-                ready == canary.get("replicas")
+            at_weight = (
+                canary.get("phase") == "Progressing" and ready and (ready == canary.get("replicas"))
             )
             if at_weight and isinstance(step, int):
                 counts = _requests_by_revision(cluster, name)
@@ -157,13 +150,13 @@ def promotion(cluster: Cluster, models: dict[str, tuple[str, str]], pods: int) -
 def rollback(cluster: Cluster, models: dict[str, tuple[str, str]], pods: int) -> dict[str, Any]:
     name = "bench-bad"
     cal = models["calibration"][0]
-    _apply(cluster, name, _spec(*models["v1"], cal, pods))
+    stack.apply_mdep(cluster, NS, name, _spec(*models["v1"], cal, pods))
     stack.wait_for(cluster, NS, name, stack.is_ready, "Ready", 900)
     url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
     with HeyLoad(url, infer_body(GOOD_X), concurrency=2, qps_per_worker=20,
                  duration_s=900), HeyLoad(url, infer_body(BAD_X), concurrency=2,
                                           qps_per_worker=20, duration_s=900):  # fmt: skip
-        _apply(cluster, name, _spec(*models["broken"], cal, pods))
+        stack.apply_mdep(cluster, NS, name, _spec(*models["broken"], cal, pods))
         ready_at = first_fail = None
         while True:
             canary = _canary(cluster, name)
@@ -206,8 +199,7 @@ def operator_cpu(cluster: Cluster) -> dict[str, Any]:
         values = {
             line.split()[0]: float(line.split()[1])
             for line in text.splitlines()
-            if line.startswith("modelship_operator_analysis_cpu_seconds_")
-            and "bucket" not in line
+            if line.startswith("modelship_operator_analysis_cpu_seconds_") and "bucket" not in line
         }
         count = values.get("modelship_operator_analysis_cpu_seconds_count", 0)
         if count:
@@ -239,7 +231,8 @@ def main() -> int:
         models[key] = (stack.seed_model(cluster, NS, path, f"bench/{key}.onnx"), _sha256(path))
     np.savez(work / "calibration.npz", x=calibration_rows())
     models["calibration"] = (
-        stack.seed_model(cluster, NS, work / "calibration.npz", "bench/calibration.npz"), ""
+        stack.seed_model(cluster, NS, work / "calibration.npz", "bench/calibration.npz"),
+        "",
     )
     figures = {
         "promotion": promotion(cluster, models, args.pods),

@@ -28,14 +28,27 @@ BUILD_IMAGE_SCRIPT = binaries.REPO_ROOT / "hack" / "build-image.sh"
 CHART = binaries.REPO_ROOT / "charts" / "modelship"
 
 
+BUILT: dict[str, str] = {}
+"""The content-addressed tag of each image built in this process (``runtime``, ``operator``):
+the chart is installed with these, so a rebuilt image rolls the pods that run it (a reused tag
+such as ``:dev`` would leave the old image running)."""
+
+
 def build_and_load_images(cluster: Cluster) -> None:
     """Build both images from their Dockerfiles (cached by input hash) and load them."""
     for what, tag in (("runtime", RUNTIME_IMAGE), ("operator", OPERATOR_IMAGE)):
         started = time.monotonic()
         subprocess.run(["bash", str(BUILD_IMAGE_SCRIPT), what, tag], check=True)
-        log(f"image {tag} ready in {time.monotonic() - started:.0f}s")
-    cluster.load_docker_image(RUNTIME_IMAGE)
-    cluster.load_docker_image(OPERATOR_IMAGE)
+        image_id = subprocess.run(
+            ["docker", "image", "inspect", "-f", "{{.Id}}", tag],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        content_tag = f"{tag.split(':')[0]}:{image_id.removeprefix('sha256:')[:12]}"
+        subprocess.run(["docker", "tag", tag, content_tag], check=True)
+        BUILT[what] = content_tag
+        log(f"image {tag} ({content_tag}) ready in {time.monotonic() - started:.0f}s")
+        cluster.load_docker_image(tag)
+        cluster.load_docker_image(content_tag)
 
 
 def helm_install(
@@ -43,19 +56,21 @@ def helm_install(
     namespaces: list[str],
     extra: list[str] | None = None,
     chart: Path = CHART,
-    operator_image: str = OPERATOR_IMAGE,
+    operator_image: str | None = None,
 ) -> None:
     """``helm upgrade --install`` the chart with the local images and a store PVC per namespace
     (``chart`` and ``operator_image`` name another version, for the upgrade test)."""
     helm = binaries.ensure(("helm",))["helm"]
     # Helm installs a chart's CRDs once and never upgrades them; apply them like an upgrade would.
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(chart / "crds"))
+    operator_image = operator_image or BUILT.get("operator", OPERATOR_IMAGE)
+    runtime_image = BUILT.get("runtime", RUNTIME_IMAGE)
     sets = {
         "image.repository": operator_image.split(":")[0],
         "image.tag": operator_image.split(":")[1],
         "image.pullPolicy": "Never",
-        "runtimeImage.repository": RUNTIME_IMAGE.split(":")[0],
-        "runtimeImage.tag": RUNTIME_IMAGE.split(":")[1],
+        "runtimeImage.repository": runtime_image.split(":")[0],
+        "runtimeImage.tag": runtime_image.split(":")[1],
         "runtimeImage.pullPolicy": "Never",
         # Two operator pods: one leads, one stands by (leader election on a Lease).
         "replicaCount": "2",
@@ -93,6 +108,17 @@ def helm_install(
 
 def apply(cluster: Cluster, namespace: str, obj: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+
+def apply_mdep(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """Create or update a ModelDeployment as a user would (kubectl apply)."""
+    obj = {
+        "apiVersion": "modelship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+    apply(cluster, namespace, obj)
 
 
 def seed_model(cluster: Cluster, namespace: str, source: Path, dest: str) -> str:

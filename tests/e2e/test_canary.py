@@ -92,19 +92,8 @@ def _rollout(**analysis: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _apply(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:
-    obj = {
-        "apiVersion": "modelship.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": spec,
-    }
-    cluster.kubectl("apply", "--server-side", "--field-manager=e2e", "-f", "-",
-                    input=json.dumps(obj))  # fmt: skip
-
-
 def _first_revision(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    _apply(cluster, name, spec)
+    stack.apply_mdep(cluster, NS, name, spec)
     return stack.wait_for(
         cluster, NS, name,
         lambda o: stack.is_ready(o) and o["status"].get("readyReplicas") == 2,
@@ -168,7 +157,7 @@ def test_a_good_version_walks_every_step_and_is_promoted_without_a_failed_reques
     _first_revision(modelship, name, _spec(models, "v1", _rollout()))
     with HeyLoad(_url(modelship, name), infer_body(GOOD_X), concurrency=2,
                  qps_per_worker=25, duration_s=600) as load:  # fmt: skip
-        _apply(modelship, name, _spec(models, "v2", _rollout()))
+        stack.apply_mdep(modelship, NS, name, _spec(models, "v2", _rollout()))
         seen = _watch_release(
             modelship, name,
             lambda o: _phase(o) == "Succeeded" and stack.is_ready(o), 600,
@@ -196,7 +185,9 @@ def test_a_version_failing_on_part_of_the_inputs_is_rolled_back(
     with HeyLoad(url, infer_body(GOOD_X), concurrency=2, qps_per_worker=20,
                  duration_s=600) as good, HeyLoad(url, infer_body(BAD_X), concurrency=1,
                                                   qps_per_worker=20, duration_s=600):  # fmt: skip
-        _apply(modelship, name, _spec(models, "broken", _rollout(), fails_on_positive=True))
+        stack.apply_mdep(
+            modelship, NS, name, _spec(models, "broken", _rollout(), fails_on_positive=True)
+        )
         seen = _watch_release(modelship, name, lambda o: _phase(o) == "Aborted", 600)
         result = good.stop()
     took = _rolled_back_after_failures(seen)
@@ -225,7 +216,7 @@ def test_a_version_several_times_slower_is_rolled_back_by_the_relative_check(
     _first_revision(modelship, name, _spec(models, "v1", rollout))
     with HeyLoad(_url(modelship, name), infer_body(GOOD_X), concurrency=2, qps_per_worker=20,
                  duration_s=600) as load:  # fmt: skip
-        _apply(modelship, name, _spec(models, "slow", rollout, slow=100))
+        stack.apply_mdep(modelship, NS, name, _spec(models, "slow", rollout, slow=100))
         _watch_release(modelship, name, lambda o: _phase(o) == "Aborted", 600)
         result = load.stop()
     assert result.failed == 0, result
@@ -245,7 +236,7 @@ def test_too_little_traffic_holds_inconclusive_then_follows_on_inconclusive(
     _first_revision(modelship, name, _spec(models, "v1", rollout))
     with HeyLoad(_url(modelship, name), infer_body(GOOD_X), concurrency=1, qps_per_worker=2,
                  duration_s=600):  # fmt: skip
-        _apply(modelship, name, _spec(models, "v2", rollout))
+        stack.apply_mdep(modelship, NS, name, _spec(models, "v2", rollout))
         seen = _watch_release(modelship, name, lambda o: _phase(o) == "Aborted", 600)
     verdicts = [s["verdict"] for s in seen if s["verdict"]]
     assert set(verdicts) == {"Inconclusive"}, verdicts
@@ -273,7 +264,7 @@ def test_kubectl_modelship_promote_and_abort_a_paused_canary(
     _first_revision(modelship, name, _spec(models, "v1", rollout))
     with HeyLoad(_url(modelship, name), infer_body(GOOD_X), concurrency=1, qps_per_worker=20,
                  duration_s=600) as load:  # fmt: skip
-        _apply(modelship, name, _spec(models, "v2", rollout))
+        stack.apply_mdep(modelship, NS, name, _spec(models, "v2", rollout))
         _watch_release(modelship, name, lambda o: _phase(o) == "Paused", 600)
         status = _plugin(modelship, "status", name)
         assert status.returncode == 0, status.stderr
@@ -282,7 +273,7 @@ def test_kubectl_modelship_promote_and_abort_a_paused_canary(
         assert promoted.returncode == 0, promoted.stderr
         _watch_release(modelship, name, lambda o: _phase(o) == "Succeeded", 300)
         # The next release waits too, and is aborted by hand.
-        _apply(modelship, name, _spec(models, "v1", rollout))
+        stack.apply_mdep(modelship, NS, name, _spec(models, "v1", rollout))
         _watch_release(modelship, name, lambda o: _phase(o) == "Paused", 600)
         aborted = _plugin(modelship, "abort", name)
         assert aborted.returncode == 0, aborted.stderr

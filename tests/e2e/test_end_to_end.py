@@ -59,16 +59,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _apply(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:
-    obj = {
-        "apiVersion": "modelship.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": spec,
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
-
-
 def _infer(url: str, model: str, x: np.ndarray) -> np.ndarray:
     body = {
         "inputs": [
@@ -113,7 +103,7 @@ def test_build_serve_and_infer_equals_onnxruntime(
     modelship: Cluster, mlp: tuple[Path, str]
 ) -> None:
     path, uri = mlp
-    _apply(modelship, "mlp", _mlp_spec(uri, path))
+    stack.apply_mdep(modelship, NS, "mlp", _mlp_spec(uri, path))
     obj = stack.wait_for(modelship, NS, "mlp", stack.is_ready, "Ready", timeout_s=900)
     assert obj["status"]["artifact"]["variant"] == "fp32"
     assert len(_jobs(modelship)) == 1, "exactly one build Job"
@@ -131,7 +121,7 @@ def test_second_deployment_of_the_same_model_reuses_the_artifact(
     path, uri = mlp
     first = stack.wait_for(modelship, NS, "mlp", stack.is_ready, "Ready", timeout_s=900)
     jobs_before = _jobs(modelship)
-    _apply(modelship, "mlp-twin", _mlp_spec(uri, path))
+    stack.apply_mdep(modelship, NS, "mlp-twin", _mlp_spec(uri, path))
     twin = stack.wait_for(modelship, NS, "mlp-twin", stack.is_ready, "Ready", timeout_s=300)
     assert twin["status"]["artifact"]["digest"] == first["status"]["artifact"]["digest"]
     assert _jobs(modelship) == jobs_before, "the twin must not build"
@@ -142,7 +132,9 @@ def test_deleting_a_pod_under_load_loses_no_request(
     modelship: Cluster, mlp: tuple[Path, str]
 ) -> None:
     path, uri = mlp
-    _apply(modelship, "mlp-ha", _mlp_spec(uri, path, scaling={"minReplicas": 2, "maxReplicas": 2}))
+    stack.apply_mdep(
+        modelship, NS, "mlp-ha", _mlp_spec(uri, path, scaling={"minReplicas": 2, "maxReplicas": 2})
+    )
     obj = stack.wait_for(
         modelship,
         NS,
@@ -208,8 +200,9 @@ def test_corrupt_model_ends_degraded_with_the_builders_reason(
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"this is not a protobuf" * 100)
     uri = stack.seed_model(modelship, NS, bad, f"corrupt-{uuid.uuid4().hex[:6]}/model.onnx")
-    _apply(
+    stack.apply_mdep(
         modelship,
+        NS,
         "broken",
         {
             "model": {"uri": uri, "sha256": _sha256(bad)},
@@ -270,7 +263,7 @@ def test_the_standby_operator_takes_over_when_the_leader_goes(
     assert holder in successors, f"no other operator pod took over (holder {holder!r})"
     took_over = time.monotonic() - start
     # The new leader reconciles: a new ModelDeployment of a built model becomes Ready.
-    _apply(modelship, "mlp-failover", _mlp_spec(uri, path))
+    stack.apply_mdep(modelship, NS, "mlp-failover", _mlp_spec(uri, path))
     stack.wait_for(modelship, NS, "mlp-failover", stack.is_ready, "Ready", timeout_s=300)
     print(f"leader {leader} deleted; {holder} took over after {took_over:.1f}s")
     modelship.kubectl("delete", "mdep", "mlp-failover", "-n", NS, "--wait=true")
@@ -293,7 +286,7 @@ def test_hpa_scales_out_under_load_and_back_in(modelship: Cluster, mlp: tuple[Pa
         "requests": {"cpu": "50m", "memory": "256Mi"},
         "limits": {"cpu": "500m", "memory": "1Gi"},
     }
-    _apply(modelship, "mlp-hpa", spec)
+    stack.apply_mdep(modelship, NS, "mlp-hpa", spec)
     stack.wait_for(modelship, NS, "mlp-hpa", stack.is_ready, "Ready", 600)
     url = stack.service_url(modelship, NS, "mlp-hpa")
     x = np.ones((1, 16), dtype=np.float32)
