@@ -89,12 +89,16 @@ class HeyLoad:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=timeout)
+        self._process = None
         return parse_summary(out)
 
     def __enter__(self) -> HeyLoad:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+        process.communicate()  # reaps it and closes its pipe
