@@ -142,7 +142,7 @@ def seed_model(cluster: Cluster, namespace: str, source: Path, dest: str) -> str
             "metadata": {"name": pod},
             "spec": {
                 "restartPolicy": "Never",
-                "securityContext": {"runAsUser": 10001, "runAsNonRoot": True},
+                "securityContext": {"runAsUser": 65532, "runAsNonRoot": True},
                 "containers": [
                     {
                         "name": "loader",

@@ -47,7 +47,7 @@ def test_image_serves_a_model(tmp_path: Path) -> None:
     models = tmp_path / "models"
     modelfactory.artifact(models)
     for path in (tmp_path, models, *models.iterdir()):
-        path.chmod(0o755)  # the image runs as uid 10001
+        path.chmod(0o755)  # the image runs as uid 65532
     port = free_port()
     name = f"modelship-e2e-{uuid.uuid4().hex[:8]}"
     subprocess.run(
@@ -76,7 +76,7 @@ def test_image_serves_a_model(tmp_path: Path) -> None:
         user = subprocess.run(
             ["docker", "exec", name, "id", "-u"], capture_output=True, text=True, check=True
         )
-        assert user.stdout.strip() == "10001"
+        assert user.stdout.strip() == "65532"
         assert "1 intra-op threads" in _logs(name), "the CPU limit (--cpus 1) was not honoured"
         subprocess.run(["docker", "stop", "-t", "20", name], check=True, capture_output=True)
         state = subprocess.run(

@@ -18,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 ENV_PREFIX = "MODELSHIP_"
 """Every contract field ``foo_bar`` travels as the variable ``MODELSHIP_FOO_BAR``."""
 
-RUNTIME_UID = 10001
-"""The runtime image's numeric user and group: the pods run as it (runAsNonRoot needs a number)."""
+RUNTIME_UID = 65532
+"""The runtime image's numeric user and group, and what every pod runs as (runAsNonRoot needs a
+number). 65532 because pods of earlier releases ran as it and the artifact store they wrote must
+stay writable by the builders after an upgrade (hostPath-like volumes are not chowned)."""
 MODEL_DIR = Path("/models")
 """Where serving pods find the artifact (model.onnx and manifest.json)."""
 PVC_SOURCE_ROOT = Path("/mnt/pvc")
