@@ -390,6 +390,38 @@ def test_the_deployment_of_an_older_operator_is_adopted_without_touching_its_pod
     assert NAME not in world.deployments
 
 
+def test_adoption_waits_for_the_build_then_takes_the_specs_revision() -> None:
+    """After an upgrade the spec's artifact is built again (a new request key) before its
+    digest is known; the adopted Deployment must not be released against meanwhile."""
+    world = World(spec=spec(replicas=2, rollout=rollout()))
+    world.deployments[NAME] = RolloutObservation(
+        exists=True, name=NAME, legacy=True, artifact=OLD, request_key="previous-operator",
+        desired=2, replicas=2, updated=2, ready=2, available=2, complete=True,
+    )  # fmt: skip
+    state = world.tick()
+    assert state.phase is Phase.BUILDING
+    assert world.pods() == {NAME: 2}
+    world.stored = OLD  # the build finds the same artifact
+    state = world.tick()
+    assert state.canary is None, "the same artifact: adopted, not released"
+    assert state.stable is not None
+    assert state.stable.revision == rev(OLD, world)
+    assert world.pods() == {NAME: 2}
+    assert world.events() == ["Ready"]
+
+
+def test_a_promotion_is_not_reported_as_a_superseded_release() -> None:
+    world = serving_old()
+    world.tick()
+    world.annotations[naming.ANNOTATION_PROMOTE_FULL] = rev(NEW, world)
+    world.settle()
+    world.tick()
+    world.settle()
+    world.tick()
+    assert "Promoted" in world.events()
+    assert "CanarySuperseded" not in world.events()
+
+
 def test_an_adopted_deployment_of_another_artifact_is_released_against() -> None:
     world = World(spec=spec(rollout=rollout()), stored=NEW)
     world.deployments[NAME] = RolloutObservation(

@@ -108,12 +108,12 @@ def _by_revision(
         if not r.exists:
             continue
         if r.legacy:
-            if obs.stable is not None and obs.stable.revision not in {
+            if desired and r.artifact is not None and r.artifact.digest == digest:
+                name = desired  # it already serves what the spec asks for
+            elif obs.stable is not None and obs.stable.revision not in {
                 x.revision for x in obs.revisions if not x.legacy
             }:
                 name = obs.stable.revision
-            elif desired and r.artifact is not None and r.artifact.digest == digest:
-                name = desired
             else:
                 name = LEGACY_REVISION
             out[name] = replace(r, revision=name)
@@ -274,8 +274,9 @@ def _hold(
     )
 
 
-def _steady(tick: _Tick) -> Release:
-    """The stable revision is what the spec asks for: it gets every pod."""
+def _steady(tick: _Tick, promoted: CanaryStatus | None = None) -> Release:
+    """The stable revision is what the spec asks for: it gets every pod. ``promoted`` is the
+    canary that just became the stable revision (its release ended well, not superseded)."""
     retire, delete = tick.others(tick.stable)
     stable = tick.revisions.get(tick.stable)
     if stable is None or not stable.exists:
@@ -283,8 +284,8 @@ def _steady(tick: _Tick) -> Release:
     else:
         plan_stable = tick.stable_plan(tick.total)
     plan = ServingPlan(plan_stable, None, retire, delete)
-    canary = tick.obs.canary
-    if canary is not None and canary.phase in RUNNING:
+    canary = promoted or tick.obs.canary
+    if promoted is None and canary is not None and canary.phase in RUNNING:
         # The spec went back to the stable revision: the release ends, and nothing failed.
         tick.events.append(
             Event(
@@ -636,7 +637,7 @@ def _promoting(tick: _Tick, canary: CanaryStatus) -> Release:
         )
         tick.events.append(Event("Normal", "Promoted", canary.message))
         tick.stable = tick.desired
-        return replace(_steady(tick), canary=canary)
+        return _steady(tick, promoted=canary)
     held = tick.revisions[tick.stable].desired
     retire, delete = tick.others(tick.stable, tick.desired)
     plan = ServingPlan(
