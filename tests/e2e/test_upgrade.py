@@ -62,6 +62,27 @@ def _legacy_pods(cluster: Cluster) -> dict[str, tuple[str, int]]:
     return out
 
 
+def _only_operators_of(cluster: Cluster, image: str) -> None:
+    """Wait until every operator pod runs ``image`` and the ones before are gone (helm --wait
+    returns while the replaced pods still terminate, and one of them may still lead)."""
+    deadline = time.monotonic() + 300
+    while True:
+        pods = json.loads(cluster.kubectl(
+            "get", "pods", "-n", stack.OPERATOR_NAMESPACE, "-l",
+            "app.kubernetes.io/component=operator", "-o", "json",
+        ).stdout)["items"]  # fmt: skip
+        images = {c["image"] for p in pods for c in p["spec"]["containers"]}
+        ready = all(
+            any(c["type"] == "Ready" and c["status"] == "True"
+                for c in p.get("status", {}).get("conditions") or [])
+            for p in pods
+        )  # fmt: skip
+        if pods and images == {image} and ready:
+            return
+        assert time.monotonic() < deadline, f"operator pods still run {images}"
+        time.sleep(1)
+
+
 def _spec(uri: str, calibration: str) -> dict[str, Any]:
     # Unpinned on purpose: the previous operator then takes the digest the builder reports.
     return {
@@ -86,6 +107,7 @@ def test_upgrading_adopts_the_previous_deployment_without_replacing_a_pod_or_fai
     cluster.load_docker_image(PREVIOUS_IMAGE)
     stack.helm_install(cluster, namespaces=["default", NS], chart=previous_tree / "charts" /
                        "modelship", operator_image=PREVIOUS_IMAGE)  # fmt: skip
+    _only_operators_of(cluster, PREVIOUS_IMAGE)
     prefix = f"upgrade-{uuid.uuid4().hex[:6]}"
     v1 = stack.seed_model(cluster, NS, canary_model(tmp_path / "v1.onnx", 11), f"{prefix}/v1.onnx")
     v2 = stack.seed_model(cluster, NS, canary_model(tmp_path / "v2.onnx", 12), f"{prefix}/v2.onnx")
