@@ -6,13 +6,14 @@ the weights are, and what an analysis costs the operator.
 Needs the full node (``make cluster-up``); it builds and loads the images and installs the chart
 like the e2e tier, in the namespace ``bench-canary`` (deleted at the end). One run measures:
 
-- promotion: steps 10 % and 50 % (pause = interval = 10 s), from the spec change to Succeeded,
-  split into the build of the new artifact and the release itself;
+- promotion: steps 10 % and 50 % (30 s pauses, analysis every 10 s), from the spec change to
+  Succeeded, split into the build of the new artifact and the release itself;
 - rollback: a version that fails on part of the inputs; from its first failed analysis (and from
   the moment its pods were ready) to the rollback, in analysis intervals (target: at most
   failureLimit + 1);
 - weights: with ``--pods`` pods, the share of requests each step's canary pods actually served
-  (from the pods' own request counters) against the weight asked for (target: within 5 points);
+  (from the pods' own request counters, from 3 s after its pods are ready to the end of the
+  step) against the weight asked for (target: within 5 points);
 - operator CPU per analysis: ``modelship_operator_analysis_cpu_seconds`` (process CPU time of one
   scrape-parse-judge of every pod of both revisions) from the operator's metrics.
 
@@ -41,6 +42,9 @@ from modelship.domain.analysis import parse_metrics  # noqa: E402
 
 NS = "bench-canary"
 INTERVAL_S = 10
+PAUSE_S = 30
+"""Each step's pause: long enough to count what the canary served over most of it."""
+SETTLE_S = 3.0
 FAILURE_LIMIT = 2
 RESOURCES = {"requests": {"cpu": "20m", "memory": "128Mi"},
              "limits": {"cpu": "500m", "memory": "512Mi"}}  # fmt: skip
@@ -59,8 +63,8 @@ def _spec(uri: str, sha: str, calibration: str, pods: int, **rollout: Any) -> di
         "serving": {"resources": RESOURCES, "grpc": False},
         "scaling": {"minReplicas": pods, "maxReplicas": pods},
         "rollout": {
-            "steps": [{"weight": 10, "pause": f"{INTERVAL_S}s"},
-                      {"weight": 50, "pause": f"{INTERVAL_S}s"}],
+            "steps": [{"weight": 10, "pause": f"{PAUSE_S}s"},
+                      {"weight": 50, "pause": f"{PAUSE_S}s"}],
             "scaleDownDelay": "5s",
             "analysis": {"interval": f"{INTERVAL_S}s", "minRequests": 10,
                          "failureLimit": FAILURE_LIMIT},
@@ -72,12 +76,12 @@ def _canary(cluster: Cluster, name: str) -> dict[str, Any]:
     return dict(stack.get_mdep(cluster, NS, name).get("status", {}).get("canary") or {})
 
 
-def _requests_by_revision(cluster: Cluster, name: str) -> dict[str, float]:
-    """Requests served so far by the ready pods of each revision, from their /metrics."""
+def _requests_by_pod(cluster: Cluster, name: str) -> dict[str, tuple[str, float]]:
+    """uid -> (revision, requests served so far) of every pod answering on /metrics."""
     pods = json.loads(cluster.kubectl(
         "get", "pods", "-n", NS, "-l", f"modelship.io/deployment={name}", "-o", "json",
     ).stdout)["items"]  # fmt: skip
-    out: dict[str, float] = {}
+    out: dict[str, tuple[str, float]] = {}
     for pod in pods:
         ip = pod.get("status", {}).get("podIP")
         revision = pod["metadata"]["labels"].get("modelship.io/revision", "?")
@@ -88,7 +92,19 @@ def _requests_by_revision(cluster: Cluster, name: str) -> dict[str, float]:
                 snapshot = parse_metrics(response.read().decode())
         except OSError:
             continue
-        out[revision] = out.get(revision, 0.0) + snapshot.requests
+        out[pod["metadata"]["uid"]] = (revision, snapshot.requests)
+    return out
+
+
+def _served(
+    before: dict[str, tuple[str, float]], after: dict[str, tuple[str, float]]
+) -> dict[str, float]:
+    """Requests served between two reads by revision, over the pods present in both (pods
+    that went away or restarted in between are left out, as a rate() would)."""
+    out: dict[str, float] = {}
+    for uid, (revision, count) in after.items():
+        if uid in before and count >= before[uid][1]:
+            out[revision] = out.get(revision, 0.0) + count - before[uid][1]
     return out
 
 
@@ -99,41 +115,46 @@ def promotion(cluster: Cluster, models: dict[str, tuple[str, str]], pods: int) -
     stack.wait_for(cluster, NS, name, lambda o: stack.is_ready(o)
                    and o["status"].get("readyReplicas") == pods, "Ready", 900)  # fmt: skip
     url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
-    shares: list[dict[str, Any]] = []
     with HeyLoad(url, infer_body(GOOD_X), concurrency=4, qps_per_worker=25,
                  duration_s=1200) as load:  # fmt: skip
         changed = time.monotonic()
         stack.apply_mdep(cluster, NS, name, _spec(*models["v2"], cal, pods))
         started = None
-        step_seen: dict[int, tuple[float, dict[str, float]]] = {}
+        # Per step: the first read once the canary's pods are all ready plus SETTLE_S (for the
+        # EndpointSlice and kube-proxy to catch up), and the last read while still at the step.
+        first: dict[int, dict[str, tuple[str, float]]] = {}
+        last: dict[int, dict[str, tuple[str, float]]] = {}
+        ready_since: dict[int, float] = {}
+        info: dict[int, dict[str, Any]] = {}
         while True:
             canary = _canary(cluster, name)
             if started is None and canary.get("phase") in ("Progressing", "Paused"):
                 started = time.monotonic()
             step, ready = canary.get("step"), canary.get("readyReplicas", 0)
-            # At the step's weight once every canary pod is ready; shares are counted from there.
             at_weight = (
-                canary.get("phase") == "Progressing" and ready and (ready == canary.get("replicas"))
+                canary.get("phase") == "Progressing" and ready and ready == canary.get("replicas")
             )
             if at_weight and isinstance(step, int):
-                counts = _requests_by_revision(cluster, name)
-                if step not in step_seen:
-                    step_seen[step] = (time.monotonic(), counts)
-                else:
-                    t0, before = step_seen[step]
-                    if time.monotonic() - t0 >= INTERVAL_S - 1 and len(shares) <= step:
-                        rev = canary["revision"]
-                        served = {k: counts.get(k, 0) - before.get(k, 0) for k in counts}
-                        total = sum(v for v in served.values() if v > 0)
-                        share = 100 * served.get(rev, 0) / total if total else 0.0
-                        shares.append({"step": step + 1, "asked": canary["desiredWeight"],
-                                       "actual": canary["weight"], "served": round(share, 1),
-                                       "requests": int(total)})  # fmt: skip
+                since = ready_since.setdefault(step, time.monotonic())
+                if time.monotonic() - since >= SETTLE_S:
+                    counts = _requests_by_pod(cluster, name)
+                    first.setdefault(step, counts)
+                    last[step] = counts
+                    info[step] = {"revision": canary["revision"], "asked": canary["desiredWeight"],
+                                  "actual": canary["weight"]}  # fmt: skip
             if canary.get("phase") == "Succeeded":
                 break
             if canary.get("phase") == "Aborted":
                 raise RuntimeError(f"the good version was rolled back: {canary.get('message')}")
             time.sleep(0.5)
+        shares = []
+        for step in sorted(first):
+            served = _served(first[step], last[step])
+            total = sum(served.values())
+            share = 100 * served.get(info[step]["revision"], 0) / total if total else 0.0
+            shares.append({"step": step + 1, "asked": info[step]["asked"],
+                           "actual": info[step]["actual"], "served": round(share, 1),
+                           "requests": int(total)})  # fmt: skip
         promoted = time.monotonic()
         result = load.stop()
     cluster.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")
