@@ -37,7 +37,14 @@ NAME = "upgraded"
 @pytest.fixture(scope="module")
 def previous_tree(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tree = tmp_path_factory.mktemp("previous") / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), PREVIOUS],
+    git = ["git", "-C", str(ROOT)]
+    if subprocess.run([*git, "cat-file", "-e", f"{PREVIOUS}^{{commit}}"], check=False).returncode:
+        # A shallow clone: fetch the one commit from where this clone came from.
+        subprocess.run([*git, "fetch", "--quiet", "origin", PREVIOUS], check=False)
+    if subprocess.run([*git, "cat-file", "-e", f"{PREVIOUS}^{{commit}}"], check=False).returncode:
+        pytest.skip(f"commit {PREVIOUS} (the operator to upgrade from) is not in this clone and "
+                    "could not be fetched: clone with history to run the upgrade test")  # fmt: skip
+    subprocess.run([*git, "worktree", "add", "--detach", str(tree), PREVIOUS],
                    check=True, capture_output=True)  # fmt: skip
     try:
         yield tree
