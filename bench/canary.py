@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]
 from canary_models import BAD_X, GOOD_X, calibration_rows, canary_model  # noqa: E402
 from localkube import Cluster, stack  # noqa: E402
-from localkube.load import HeyLoad, infer_body  # noqa: E402
+from localkube.load import HeyLoad, infer_body, wait_until_serving  # noqa: E402
 from modelship.domain.analysis import parse_metrics  # noqa: E402
 
 NS = "bench-canary"
@@ -115,6 +115,7 @@ def promotion(cluster: Cluster, models: dict[str, tuple[str, str]], pods: int) -
     stack.wait_for(cluster, NS, name, lambda o: stack.is_ready(o)
                    and o["status"].get("readyReplicas") == pods, "Ready", 900)  # fmt: skip
     url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
+    wait_until_serving(url, infer_body(GOOD_X))
     with HeyLoad(url, infer_body(GOOD_X), concurrency=4, qps_per_worker=25,
                  duration_s=1200) as load:  # fmt: skip
         changed = time.monotonic()
@@ -174,6 +175,7 @@ def rollback(cluster: Cluster, models: dict[str, tuple[str, str]], pods: int) ->
     stack.apply_mdep(cluster, NS, name, _spec(*models["v1"], cal, pods))
     stack.wait_for(cluster, NS, name, stack.is_ready, "Ready", 900)
     url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
+    wait_until_serving(url, infer_body(GOOD_X))
     with HeyLoad(url, infer_body(GOOD_X), concurrency=2, qps_per_worker=20,
                  duration_s=900), HeyLoad(url, infer_body(BAD_X), concurrency=2,
                                           qps_per_worker=20, duration_s=900):  # fmt: skip

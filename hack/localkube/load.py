@@ -12,6 +12,8 @@ import re
 import shutil
 import signal
 import subprocess
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,24 @@ def infer_body(x: list[float]) -> str:
     return json.dumps(
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, len(x)], "data": x}]}
     )
+
+
+def wait_until_serving(url: str, body: str, timeout_s: float = 60) -> None:
+    """POST ``body`` until one answer is a 200 (a new Service or pod may not route yet)."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(
+            url, data=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f}s: {last}")
 
 
 class HeyLoad:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 
 from canary_models import BAD_X, GOOD_X, calibration_rows, canary_model
 from localkube import Cluster, stack
-from localkube.load import HeyLoad, LoadResult, infer_body
+from localkube.load import HeyLoad, LoadResult, infer_body, wait_until_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -92,7 +92,20 @@ def _rollout(**analysis: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+CREATED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _delete_what_the_test_created(modelship: Cluster) -> Iterator[None]:
+    """A failed test must not leave its ModelDeployment (and Jobs, pods) to the next ones."""
+    yield
+    while CREATED:
+        modelship.kubectl("delete", "mdep", CREATED.pop(), "-n", NS, "--ignore-not-found",
+                          "--wait=true", timeout=180)  # fmt: skip
+
+
 def _first_revision(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    CREATED.append(name)
     stack.apply_mdep(cluster, NS, name, spec)
     return stack.wait_for(
         cluster, NS, name,
@@ -102,7 +115,11 @@ def _first_revision(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[s
 
 
 def _url(cluster: Cluster, name: str) -> str:
-    return f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
+    """The client Service's infer URL, once the Service answers (kube-proxy programs a new
+    Service's rules a moment after it exists; until then its ClusterIP has no route)."""
+    url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
+    wait_until_serving(url, infer_body(GOOD_X))
+    return url
 
 
 def _canary(obj: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +190,6 @@ def test_a_good_version_walks_every_step_and_is_promoted_without_a_failed_reques
     assert obj["status"]["stable"]["revision"] == _canary(obj)["revision"]
     events = _events(modelship, name)
     assert {"CanaryStarted", "Promoting", "Promoted"} <= events.keys(), events
-    modelship.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")
 
 
 def test_a_version_failing_on_part_of_the_inputs_is_rolled_back(
@@ -205,7 +221,6 @@ def test_a_version_failing_on_part_of_the_inputs_is_rolled_back(
     stack.wait_for(modelship, NS, name,
                    lambda o: o["status"].get("readyReplicas") == 2 and not _canary(o).get(
                        "readyReplicas"), "the stable alone", 120)  # fmt: skip
-    modelship.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")
 
 
 def test_a_version_several_times_slower_is_rolled_back_by_the_relative_check(
@@ -225,7 +240,6 @@ def test_a_version_several_times_slower_is_rolled_back_by_the_relative_check(
     assert checks["p99LatencyRatio"]["verdict"] == "Fail", checks
     assert checks["p99LatencyMs"]["verdict"] == "Pass", "only the relative check catches it"
     assert "x stable" in stack.condition(obj, "Degraded")["message"]
-    modelship.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")
 
 
 def test_too_little_traffic_holds_inconclusive_then_follows_on_inconclusive(
@@ -245,7 +259,6 @@ def test_too_little_traffic_holds_inconclusive_then_follows_on_inconclusive(
     assert all(c["failedIntervals"] == 0 for c in held), "thin traffic never fails a canary"
     obj = stack.get_mdep(modelship, NS, name)
     assert _canary(obj)["reason"] == "Inconclusive"
-    modelship.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")
 
 
 def _plugin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -282,4 +295,3 @@ def test_kubectl_modelship_promote_and_abort_a_paused_canary(
     assert result.failed == 0, result
     obj = stack.get_mdep(modelship, NS, name)
     assert _canary(obj)["reason"] == "Aborted"
-    modelship.kubectl("delete", "mdep", name, "-n", NS, "--wait=true")

@@ -75,9 +75,15 @@ def _infer(url: str, model: str, x: np.ndarray) -> np.ndarray:
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
-def _jobs(cluster: Cluster) -> list[str]:
-    out = cluster.kubectl("get", "jobs", "-n", NS, "-o", "name").stdout
-    return sorted(out.split())
+def _jobs(cluster: Cluster, owner: str | None = None) -> list[str]:
+    """Build Jobs in the namespace (other modules' too), or those ``owner`` owns."""
+    items = json.loads(cluster.kubectl("get", "jobs", "-n", NS, "-o", "json").stdout)["items"]
+    return sorted(
+        j["metadata"]["name"]
+        for j in items
+        if owner is None
+        or any(r.get("name") == owner for r in j["metadata"].get("ownerReferences") or [])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +112,7 @@ def test_build_serve_and_infer_equals_onnxruntime(
     stack.apply_mdep(modelship, NS, "mlp", _mlp_spec(uri, path))
     obj = stack.wait_for(modelship, NS, "mlp", stack.is_ready, "Ready", timeout_s=900)
     assert obj["status"]["artifact"]["variant"] == "fp32"
-    assert len(_jobs(modelship)) == 1, "exactly one build Job"
+    assert len(_jobs(modelship, "mlp")) == 1, "exactly one build Job"
     x = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
     served = _infer(stack.service_url(modelship, NS, "mlp"), "mlp", x)
     local = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[

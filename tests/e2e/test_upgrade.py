@@ -22,7 +22,7 @@ import pytest
 
 from canary_models import GOOD_X, calibration_rows, canary_model
 from localkube import Cluster, stack
-from localkube.load import HeyLoad, infer_body
+from localkube.load import HeyLoad, infer_body, wait_until_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -132,6 +132,7 @@ def test_upgrading_adopts_the_previous_deployment_without_replacing_a_pod_or_fai
     assert len(before) == 2, before
 
     url = f"{stack.service_url(cluster, NS, NAME)}/v2/models/{NAME}/infer"
+    wait_until_serving(url, infer_body(GOOD_X))
     with HeyLoad(url, infer_body(GOOD_X), concurrency=2, qps_per_worker=20,
                  duration_s=1200) as load:  # fmt: skip
         stack.helm_install(cluster, namespaces=["default", NS])
