@@ -22,7 +22,7 @@ from modelship.api.v1alpha1 import (
     ModelDeploymentSpec,
     Phase,
 )
-from modelship.domain import desired, health, naming
+from modelship.domain import desired, health, naming, pod_faults
 from modelship.domain.analysis import Accumulator, judge, parse_metrics
 from modelship.domain.lifecycle import (
     Action,
@@ -443,10 +443,7 @@ def _targets(pods: list[dict[str, Any]], canary: str, stable: str) -> list[Targe
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
         if meta.get("deletionTimestamp") or not status.get("podIP"):
             continue
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
+        ready = pod_faults.is_ready(pod)
         revision = (meta.get("labels") or {}).get(naming.LABEL_REVISION, stable)
         if ready and revision in (canary, stable):
             out.append(Target(meta.get("uid", meta.get("name", "")), status["podIP"], revision))

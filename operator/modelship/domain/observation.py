@@ -391,10 +391,7 @@ def legacy_template_hash(pods: list[dict[str, Any]]) -> str | None:
         labels = (pod.get("metadata") or {}).get("labels") or {}
         if naming.LABEL_REVISION in labels or naming.LABEL_POD_TEMPLATE_HASH not in labels:
             continue
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in (pod.get("status") or {}).get("conditions") or []
-        )
+        ready = pod_faults.is_ready(pod)
         if ready:
             key = labels[naming.LABEL_POD_TEMPLATE_HASH]
             counts[key] = counts.get(key, 0) + 1

@@ -37,6 +37,14 @@ def pod_name(pod: dict[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("name", "?"))
 
 
+def is_ready(pod: dict[str, Any]) -> bool:
+    """The pod's Ready condition is True (it passes its readiness probe, so it takes traffic)."""
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
 def container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
     """Init containers first, then the others, as the kubelet runs them."""
     status = pod.get("status") or {}
