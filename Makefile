@@ -49,16 +49,17 @@ lint: venv  ## ruff, mypy (strict), import-linter contracts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-cluster-build:  ## build (once, cached by version) etcd, Kubernetes, helm, CoreDNS, metrics-server
+cluster-build:  ## build (once, cached by version) etcd, Kubernetes, helm, CoreDNS, metrics-server, Argo CD
 	bash hack/build-k8s.sh etcd kube-apiserver kube-controller-manager kubectl \
-		kube-scheduler kubelet kube-proxy helm coredns metrics-server >/dev/null
+		kube-scheduler kubelet kube-proxy helm coredns metrics-server argocd >/dev/null
 
 TIER ?= node
 host-deps:  ## Debian packages of the local node and image builds (containerd, runc, CNI, Docker)
 	bash hack/install-host-deps.sh
 
-cluster-up: host-deps venv cluster-build  ## start the local cluster in .cache/cluster (TIER=node|control-plane)
-	$(PY) -m localkube up --tier $(TIER)
+ARGOCD ?= 0
+cluster-up: host-deps venv cluster-build  ## start the local cluster in .cache/cluster (TIER=node|control-plane; ARGOCD=1 adds Argo CD)
+	$(PY) -m localkube up --tier $(TIER) $(if $(filter-out 0,$(ARGOCD)),--argocd)
 
 demo: host-deps venv cluster-build  ## the whole story on the local node: build, install, serve, infer
 	$(PY) hack/demo.py

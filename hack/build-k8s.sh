@@ -7,7 +7,7 @@
 #
 # Usage: hack/build-k8s.sh [component ...]   (default: etcd kube-apiserver kube-controller-manager)
 # Components: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
-#             helm coredns metrics-server
+#             helm coredns metrics-server argocd
 # Output: $MODELSHIP_CACHE/bin/<component>-<version> (default cache: ~/.cache/modelship);
 # prints component=path for each on stdout, progress on stderr.
 set -euo pipefail
@@ -17,6 +17,9 @@ ETCD_VERSION="${ETCD_VERSION:-v3.5.35}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.9.0}"
+ARGOCD_VERSION="${ARGOCD_VERSION:-v3.6.1}"
+# Argo CD's go.mod asks for Go 1.27; the go command fetches that toolchain through the proxy.
+ARGOCD_GOTOOLCHAIN="${ARGOCD_GOTOOLCHAIN:-go1.27.3}"
 CACHE="${MODELSHIP_CACHE:-$HOME/.cache/modelship}"
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
@@ -97,6 +100,27 @@ module_workdir() {  # module_workdir <name> <module> <version> <importable packa
   echo "$dir"
 }
 
+# Argo CD's go.mod replaces its gitops-engine with a local ./gitops-engine path (Go ignores that
+# for a dependency); the nested module is served on its own, so the throwaway module restates the
+# rest of the replace block (pinned k8s.io modules and friends) and lets the engine resolve.
+argocd_workdir() {
+  local dir="$CACHE/src/argocd-$ARGOCD_VERSION"
+  if [ ! -f "$dir/go.sum.done" ]; then
+    log "resolving github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION (Go $ARGOCD_GOTOOLCHAIN)"
+    rm -rf "$dir" && mkdir -p "$dir"
+    local gomod
+    gomod=$(cd "$dir" && go mod download -json "github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    {
+      printf 'module modelship.local/argocdbuild\n\ngo 1.27.0\n\nrequire github.com/argoproj/argo-cd/v3 %s\n\n' "$ARGOCD_VERSION"
+      sed -n '/^replace (/,/^)/p' "$gomod"
+    } > "$dir/go.mod"
+    printf 'package tools\n\nimport _ "github.com/argoproj/argo-cd/v3/cmd/util"\n' > "$dir/tools.go"
+    (cd "$dir" && go mod tidy >&2)
+    touch "$dir/go.sum.done"
+  fi
+  echo "$dir"
+}
+
 for c in "${components[@]}"; do
   case "$c" in
     etcd)
@@ -122,6 +146,32 @@ for c in "${components[@]}"; do
       [ -x "$out" ] || build_module metrics-server \
         "$(module_workdir metrics-server sigs.k8s.io/metrics-server "$METRICS_SERVER_VERSION" sigs.k8s.io/metrics-server/cmd/metrics-server/app)" \
         sigs.k8s.io/metrics-server/cmd/metrics-server "$out" ""
+      ;;
+    argocd)
+      # One binary; it acts as the repo server, the application controller or the CLI by the name
+      # it is called with (the local node links those names to it).
+      out="$BIN/argocd-$ARGOCD_VERSION"
+      if [ ! -x "$out" ]; then
+        p="github.com/argoproj/argo-cd/v3/common"
+        ld="-X $p.version=${ARGOCD_VERSION#v} -X $p.gitTag=$ARGOCD_VERSION -X $p.gitCommit=$ARGOCD_VERSION -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+        export GOTOOLCHAIN="$ARGOCD_GOTOOLCHAIN"
+        # CI starts this build early in the background; a second caller waits for it.
+        exec 9>"$BIN/.argocd.lock"
+        flock -n 9 || { log "argocd: another build is running; waiting for it"; flock 9; }
+        if [ ! -x "$out" ]; then
+          dir=$(argocd_workdir)
+          build_module argocd "$dir" github.com/argoproj/argo-cd/v3/cmd "$out" "$ld"
+        fi
+        exec 9>&-
+        unset GOTOOLCHAIN
+      fi
+      # Its CRDs, from the same module version, beside the binary (the node installs them).
+      if [ ! -f "$out-crds/.done" ]; then
+        src=$(cd "$(argocd_workdir)" && GOTOOLCHAIN="$ARGOCD_GOTOOLCHAIN" go list -m -f '{{.Dir}}' github.com/argoproj/argo-cd/v3)
+        rm -rf "$out-crds" && mkdir -p "$out-crds"
+        cp "$src"/manifests/crds/*-crd.yaml "$out-crds/" && chmod 644 "$out-crds"/*.yaml
+        touch "$out-crds/.done"
+      fi
       ;;
     kube-*|kubectl|kubelet)
       out="$BIN/$c-$K8S_VERSION"

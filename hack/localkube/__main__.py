@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from localkube import binaries, node
+from localkube import argocd, binaries, node
 from localkube.cluster import STATE_FILE, Cluster, ClusterState, log
 
 DEFAULT_DIR = Path(
@@ -28,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("TIER", "node"),
         help="node: the full single node (pods run); control-plane: API semantics only",
     )
+    up.add_argument(
+        "--argocd",
+        action="store_true",
+        default=os.environ.get("ARGOCD", "0") not in ("", "0"),
+        help="also run Argo CD (repo server, application controller, API server) on the node",
+    )
+    sub.add_parser("argocd", help="start Argo CD on the node running in --dir")
     sub.add_parser("down", help="stop every process and remove the cluster directory")
     sub.add_parser("status", help="say whether a cluster runs in --dir")
     load = sub.add_parser("load-image", help="copy Docker images into the node's containerd")
@@ -42,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         cluster = Cluster(args.dir, with_node=args.tier == "node")
         cluster.start()
+        if args.argocd:
+            argocd.start(cluster)
         log(f"`make cluster-up` took {time.monotonic() - started:.1f}s in all")
         print(f"export KUBECONFIG={cluster.kubeconfig}")
         return 0
@@ -51,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             # A node whose state file is gone (a crashed `up`) still left its bridge and chains.
             node.clean_host(binaries.cached("kube-proxy"))
         log(f"removed {args.dir}")
+        return 0
+    if args.command == "argocd":
+        argocd.start(Cluster.attach(args.dir))
         return 0
     if args.command == "load-image":
         cluster = Cluster.attach(args.dir)

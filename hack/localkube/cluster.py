@@ -108,7 +108,7 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: KeyPair, name: str
     return path
 
 
-def _wait_until(
+def wait_until(
     check: Callable[[], bool], what: str, timeout_s: float, proc_alive: Callable[[], str | None]
 ) -> None:
     """Poll ``check`` (bounded) until it passes; fail early if a process we depend on died."""
@@ -220,13 +220,13 @@ class Cluster:
         """etcd, kube-apiserver, kube-controller-manager: each started once the one before is
         healthy, and recorded in the state file as soon as it runs, so ``stop`` finds it."""
         assert self.state is not None
-        self._spawn("etcd", self._etcd_args())
+        self.spawn("etcd", self._etcd_args())
         self.state.save()
         self._wait_http(f"http://127.0.0.1:{self.state.etcd_port}/health", "etcd", pki, 30)
-        self._spawn("kube-apiserver", self._apiserver_args(pki))
+        self.spawn("kube-apiserver", self._apiserver_args(pki))
         self.state.save()
         self._wait_http(f"{self.state.server}/readyz", "kube-apiserver", pki, timeout_s)
-        self._spawn("kube-controller-manager", self._controller_manager_args(pki, cm_kubeconfig))
+        self.spawn("kube-controller-manager", self._controller_manager_args(pki, cm_kubeconfig))
         self.state.save()
         self._wait_http(
             f"https://127.0.0.1:{self.state.controller_manager_port}/healthz",
@@ -257,6 +257,18 @@ class Cluster:
             node.unmount_under(self.directory)
         (self.directory / STATE_FILE).unlink(missing_ok=True)
         self.state = None
+
+    def stop_processes(self, names: Sequence[str]) -> None:
+        """End the named processes of this cluster (an add-on that failed to start)."""
+        assert self.state is not None
+        for name in reversed(names):
+            pid = self.state.pids.pop(name, None)
+            if pid is not None:
+                _terminate(pid, name, self.directory)
+                proc = self._procs.pop(pid, None)
+                if proc is not None:
+                    proc.wait()
+        self.state.save()
 
     def destroy(self) -> None:
         """Stop, then remove the cluster's directory (data, certificates, logs)."""
@@ -316,11 +328,20 @@ class Cluster:
         images.ctr("images", "label", name, f"{label}={image_id}")
         log(f"loaded {image} in {time.monotonic() - started:.1f}s")
 
-    def _spawn(self, name: str, args: Sequence[str], program: Sequence[str] = ()) -> None:
+    def spawn(
+        self,
+        name: str,
+        args: Sequence[str],
+        program: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start a process of this cluster: logged to logs/<name>.log, recorded in the state
+        file (the caller saves it), ended by ``stop``. ``env`` adds to this process's."""
         assert self.state is not None
         logfile = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [*(program or [str(self._bins[name])]), *args],
+            env={**os.environ, **env} if env else None,
             stdout=logfile,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -332,7 +353,7 @@ class Cluster:
         self.state.pids[name] = proc.pid
         log(f"started {name} (pid {proc.pid}), log {self.log_dir / (name + '.log')}")
 
-    def _dead_process(self) -> str | None:
+    def dead_process(self) -> str | None:
         assert self.state is not None
         for name, pid in self.state.pids.items():
             if not _alive(pid):
@@ -359,14 +380,14 @@ class Cluster:
             except (urllib.error.URLError, OSError):
                 return False
 
-        _wait_until(ok, what, timeout_s, self._dead_process)
+        wait_until(ok, what, timeout_s, self.dead_process)
 
     def _wait_for_default_service_account(self, timeout_s: float) -> None:
         # The serviceaccount controller must have run before pods/jobs can be created.
         def ok() -> bool:
             return self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
 
-        _wait_until(ok, "the default service account", timeout_s, self._dead_process)
+        wait_until(ok, "the default service account", timeout_s, self.dead_process)
 
     def _start_node(self, pki: ClusterPKI, timeout_s: float) -> None:
         assert self.state is not None
@@ -385,7 +406,7 @@ class Cluster:
         self._spawn_kube_proxy(files, kubeconfigs["kube-proxy"])
         self._spawn_provisioner(files)
         self.state.save()
-        self._wait_kubectl(
+        self.wait_kubectl(
             ["wait", "--for=condition=Ready", f"node/{node.NODE_NAME}", "--timeout=5s"],
             "the node to be Ready",
             timeout_s,
@@ -408,7 +429,7 @@ class Cluster:
 
     def _spawn_scheduler(self, kubeconfig: Path) -> None:
         assert self.state is not None
-        self._spawn(
+        self.spawn(
             "kube-scheduler",
             [
                 f"--kubeconfig={kubeconfig}",
@@ -424,12 +445,12 @@ class Cluster:
     def _start_containerd(self, files: node.NodeFiles) -> node.Images:
         """Start containerd, wait until it answers, and clear containers a crashed run left."""
         assert self.state is not None
-        self._spawn(
+        self.spawn(
             "containerd", ["--config", str(files.write_containerd_config())], program=["containerd"]
         )
         self.state.save()
         images = node.Images(files.socket)
-        _wait_until(
+        wait_until(
             lambda: (
                 files.socket.exists()
                 and node.run("ctr", f"--address={files.socket}", "version", check=False).returncode
@@ -437,7 +458,7 @@ class Cluster:
             ),
             "containerd",
             60,
-            self._dead_process,
+            self.dead_process,
         )
         images.purge_containers()
         return images
@@ -449,7 +470,7 @@ class Cluster:
         config = files.write_kubelet_config(
             pki, serving, self.state.ports["kubelet"], self.state.ports["kubelet_healthz"]
         )
-        self._spawn(
+        self.spawn(
             "kubelet",
             [
                 f"--config={config}",
@@ -466,10 +487,10 @@ class Cluster:
         config = files.write_kube_proxy_config(
             kubeconfig, self.state.ports["proxy_healthz"], self.state.ports["proxy_metrics"]
         )
-        self._spawn("kube-proxy", [f"--config={config}"])
+        self.spawn("kube-proxy", [f"--config={config}"])
 
     def _spawn_provisioner(self, files: node.NodeFiles) -> None:
-        self._spawn(
+        self.spawn(
             "provisioner",
             [
                 f"--kubeconfig={self.kubeconfig}",
@@ -495,7 +516,7 @@ class Cluster:
             ),
         )
         for deployment in ("coredns", "metrics-server"):
-            self._wait_kubectl(
+            self.wait_kubectl(
                 [
                     "-n",
                     "kube-system",
@@ -507,7 +528,7 @@ class Cluster:
                 deployment,
                 timeout_s,
             )
-        self._wait_kubectl(
+        self.wait_kubectl(
             [
                 "wait",
                 "--for=condition=Available",
@@ -518,12 +539,12 @@ class Cluster:
             timeout_s,
         )
 
-    def _wait_kubectl(self, args: list[str], what: str, timeout_s: float) -> None:
-        _wait_until(
+    def wait_kubectl(self, args: list[str], what: str, timeout_s: float) -> None:
+        wait_until(
             lambda: self.kubectl(*args, check=False).returncode == 0,
             what,
             timeout_s,
-            self._dead_process,
+            self.dead_process,
         )
 
     def _etcd_args(self) -> list[str]:
