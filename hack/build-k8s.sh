@@ -165,12 +165,15 @@ for c in "${components[@]}"; do
         exec 9>&-
         unset GOTOOLCHAIN
       fi
-      # Its CRDs, from the same module version, beside the binary (the node installs them).
-      if [ ! -f "$out-crds/.done" ]; then
+      # From the same module version, beside the binary: its CRDs (the node installs them) and
+      # the helper scripts its image puts on PATH (the repo server runs git-verify-wrapper.sh).
+      if [ ! -f "$out-share/.done" ]; then
         src=$(cd "$(argocd_workdir)" && GOTOOLCHAIN="$ARGOCD_GOTOOLCHAIN" go list -m -f '{{.Dir}}' github.com/argoproj/argo-cd/v3)
-        rm -rf "$out-crds" && mkdir -p "$out-crds"
-        cp "$src"/manifests/crds/*-crd.yaml "$out-crds/" && chmod 644 "$out-crds"/*.yaml
-        touch "$out-crds/.done"
+        rm -rf "$out-share" && mkdir -p "$out-share/crds" "$out-share/bin"
+        cp "$src"/manifests/crds/*-crd.yaml "$out-share/crds/" && chmod 644 "$out-share"/crds/*
+        cp "$src"/hack/git-verify-wrapper.sh "$src"/hack/gpg-wrapper.sh "$out-share/bin/"
+        chmod 755 "$out-share"/bin/*
+        touch "$out-share/.done"
       fi
       ;;
     kube-*|kubectl|kubelet)

@@ -18,6 +18,7 @@ resource actions go through Argo CD's own server and RBAC code paths without a l
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -59,9 +60,14 @@ def binary() -> Path:
     return binaries.ensure(("argocd",))["argocd"]
 
 
+def share(argocd: Path) -> Path:
+    """What hack/build-k8s.sh copies beside the binary from the same module version: crds/
+    and bin/ (the helper scripts Argo CD's image puts on PATH)."""
+    return Path(f"{argocd}-share")
+
+
 def crds(argocd: Path) -> list[Path]:
-    """The CRDs of this Argo CD version: hack/build-k8s.sh copies them beside the binary."""
-    found = sorted(Path(f"{argocd}-crds").glob("*-crd.yaml"))
+    found = sorted((share(argocd) / "crds").glob("*-crd.yaml"))
     if not found:
         raise RuntimeError(f"no Argo CD CRDs beside {argocd}; rebuild it: hack/build-k8s.sh argocd")
     return found
@@ -143,7 +149,11 @@ def _start_components(cluster: Cluster, argocd: Path, redis: str, timeout_s: flo
             "--client-ca-path=",
         ],
         program=[str(argocd)],
-        env={**common, "ARGOCD_BINARY_NAME": "argocd-repo-server"},
+        env={
+            **common,
+            "ARGOCD_BINARY_NAME": "argocd-repo-server",
+            "PATH": f"{share(argocd) / 'bin'}:{os.environ['PATH']}",
+        },
     )
     state.save()
     cluster.spawn(

@@ -128,6 +128,11 @@ class Reconciler:
 
     def reconcile(self, body: dict[str, Any]) -> Outcome:
         meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            # Being deleted (kubectl delete, Argo CD's cascade): the garbage collector removes
+            # the children, and a foreground deletion waits for them; recreating one would hold
+            # the deletion forever. Nothing is created, changed or written from now on.
+            return Outcome(state_from_status(body.get("status") or {}).phase, 3600.0)
         owner = naming.Owner(meta["name"], meta["namespace"], meta["uid"])
         memory = self._memory.setdefault(owner.uid, _Memory())
         generation = int(meta.get("generation", 1))
