@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help demo host-deps venv crds rbac argocd test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
+.PHONY: help demo host-deps venv crds rbac argocd argocd-build test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,9 +49,12 @@ lint: venv  ## ruff, mypy (strict), import-linter contracts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-cluster-build:  ## build (once, cached by version) etcd, Kubernetes, helm, CoreDNS, metrics-server, Argo CD
+cluster-build:  ## build (once, cached by version) etcd, Kubernetes, helm, CoreDNS, metrics-server
 	bash hack/build-k8s.sh etcd kube-apiserver kube-controller-manager kubectl \
-		kube-scheduler kubelet kube-proxy helm coredns metrics-server argocd >/dev/null
+		kube-scheduler kubelet kube-proxy helm coredns metrics-server >/dev/null
+
+argocd-build:  ## build Argo CD (once, cached by version); the tests that need it build it too
+	bash hack/build-k8s.sh argocd >/dev/null
 
 TIER ?= node
 host-deps:  ## Debian packages of the local node and image builds (containerd, runc, CNI, Docker)

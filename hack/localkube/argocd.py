@@ -78,7 +78,8 @@ def start(cluster: Cluster, timeout_s: float = 180.0) -> None:
     if cluster.state is None or not cluster.state.node:
         raise RuntimeError("Argo CD needs the node tier: `make cluster-up ARGOCD=1`")
     if running(cluster):
-        log("Argo CD already runs on this node")
+        install_customizations(cluster)
+        log("Argo CD already runs on this node; its argocd-cm has our current customizations")
         return
     started = time.monotonic()
     redis = shutil.which("redis-server")
@@ -266,7 +267,11 @@ def _install_resources(cluster: Cluster, argocd: Path, timeout_s: float) -> None
         check=False,
         input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
     )
-    # Exactly what docs/argocd.md tells users to run.
+    install_customizations(cluster)
+
+
+def install_customizations(cluster: Cluster) -> None:
+    """Merge deploy/argocd/argocd-cm.yaml into argocd-cm, exactly as docs/argocd.md says."""
     cluster.kubectl(
         "-n",
         NAMESPACE,

@@ -242,6 +242,26 @@ def test_a_step_without_a_pause_waits_for_a_promote_of_this_revision() -> None:
     assert state.canary.phase is CanaryPhase.PROGRESSING
 
 
+def test_a_step_without_a_pause_asks_for_a_promote_only_once_its_weight_is_served() -> None:
+    world = serving_old(steps=[{"weight": 50}])
+    world.tick()
+    world.advance(30)
+    state = world.tick(verdict(PASS, world.now))  # the canary's pods are not ready yet
+    assert state.canary is not None
+    assert (state.canary.phase, state.canary.reason) == (
+        CanaryPhase.PROGRESSING,
+        "StepInProgress",
+    )
+    world.settle()
+    state = world.tick()
+    assert state.canary is not None
+    assert (state.canary.phase, state.canary.reason, state.canary.weight) == (
+        CanaryPhase.PAUSED,
+        "WaitingForPromotion",
+        50,
+    )
+
+
 def test_promote_full_skips_the_remaining_steps() -> None:
     world = serving_old()
     world.tick()

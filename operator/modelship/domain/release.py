@@ -527,6 +527,12 @@ def _advance(tick: _Tick, canary: CanaryStatus) -> CanaryStatus:
         canary = _handled(canary, "promote", promote)
         why = f"promoted by {promote!r}"
     elif step.pause is None:
+        if not _weight_reached(tick, step.weight):
+            # A person is asked once the canary serves its step's share (as an Argo Rollouts
+            # pause starts once the weight is set); until then it is still on its way.
+            return canary.model_copy(
+                update={"phase": CanaryPhase.PROGRESSING, "reason": "StepInProgress"}
+            )
         return canary.model_copy(
             update={
                 "phase": CanaryPhase.PAUSED,
@@ -574,6 +580,12 @@ def _promoting_status(tick: _Tick, canary: CanaryStatus, why: str) -> CanaryStat
             "desired_weight": 100,
         }
     )
+
+
+def _weight_reached(tick: _Tick, weight: int) -> bool:
+    """Every canary pod of the step's split is ready."""
+    seen = tick.revisions.get(tick.desired) or RolloutObservation()
+    return seen.ready >= tick.router.split(tick.total, weight).canary
 
 
 def _at_weight(tick: _Tick, canary: CanaryStatus) -> Release:

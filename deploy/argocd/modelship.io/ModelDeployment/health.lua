@@ -75,17 +75,22 @@ if phase == "Failed" then
   return hs
 end
 
+local degraded_now = (degraded ~= nil and degraded.status == "True") or phase == "Degraded"
+
 -- A rolled-back release (failed analysis, abort, progress deadline): the canary's message
--- carries the measured values.
-if canary ~= nil and (canary.phase == "Aborted" or
-    (canary.reason == "ProgressDeadlineExceeded" and canary.phase ~= "Succeeded")) then
+-- carries the measured values. Once the spec moves on (a revert to the stable version) the
+-- aborted canary stays on record but degrades nothing, so the operator's verdict decides.
+-- A release still running past its deadline is degraded before the operator rolls it back.
+if canary ~= nil and ((canary.phase == "Aborted" and degraded_now) or
+    (canary.reason == "ProgressDeadlineExceeded" and canary.phase ~= "Succeeded" and
+     canary.phase ~= "Aborted")) then
   hs.status = "Degraded"
   hs.message = text(canary.message, message_of(degraded,
     "Canary " .. canary.revision .. " aborted (" .. text(canary.reason, "no reason given") .. ")"))
   return hs
 end
 
-if (degraded ~= nil and degraded.status == "True") or phase == "Degraded" then
+if degraded_now then
   hs.status = "Degraded"
   hs.message = message_of(degraded, message_of(ready, "Degraded"))
   return hs
