@@ -303,7 +303,8 @@ def test_argocd_syncs_builds_and_serves_and_stays_synced_while_the_operator_and_
     pushed = time.monotonic()
     app, git = app_factory(name, manifest(models, name, "v1", seed=21), diff == "server-side")
     app.until(_healthy_and_synced, "Healthy", 900)
-    print(f"{name} ({diff} diff): push to Healthy {time.monotonic() - pushed:.1f}s",
+    built = "built here" if _jobs(app.cluster, name) else "cached artifact"
+    print(f"{name} ({diff} diff): push to Healthy {time.monotonic() - pushed:.1f}s ({built})",
           file=sys.stderr)  # fmt: skip
     sha = git.git("rev-parse", "HEAD")
     assert app.drift(pushed, sha) == []
