@@ -61,8 +61,11 @@ host-deps:  ## Debian packages of the local node and image builds (containerd, r
 	bash hack/install-host-deps.sh
 
 ARGOCD ?= 0
-cluster-up: host-deps venv cluster-build  ## start the local cluster in .cache/cluster (TIER=node|control-plane; ARGOCD=1 adds Argo CD)
-	$(PY) -m localkube up --tier $(TIER) $(if $(filter-out 0,$(ARGOCD)),--argocd)
+GATEWAY ?= 0
+PROMETHEUS ?= 0
+cluster-up: host-deps venv cluster-build  ## start the local cluster in .cache/cluster (TIER=node|control-plane; ARGOCD=1, GATEWAY=1, PROMETHEUS=1 add those)
+	$(PY) -m localkube up --tier $(TIER) $(if $(filter-out 0,$(ARGOCD)),--argocd) \
+		$(if $(filter-out 0,$(GATEWAY)),--gateway) $(if $(filter-out 0,$(PROMETHEUS)),--prometheus)
 
 demo: host-deps venv cluster-build  ## the whole story on the local node: build, install, serve, infer
 	$(PY) hack/demo.py

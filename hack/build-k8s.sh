@@ -7,7 +7,7 @@
 #
 # Usage: hack/build-k8s.sh [component ...]   (default: etcd kube-apiserver kube-controller-manager)
 # Components: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
-#             helm coredns metrics-server argocd
+#             helm coredns metrics-server argocd traefik prometheus promtool
 # Output: $MODELSHIP_CACHE/bin/<component>-<version> (default cache: ~/.cache/modelship);
 # prints component=path for each on stdout, progress on stderr.
 set -euo pipefail
@@ -18,6 +18,9 @@ HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.9.0}"
 ARGOCD_VERSION="${ARGOCD_VERSION:-v3.6.1}"
+TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.6.12}"
+GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.4.0}"
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"  # Prometheus 3.16
 # Argo CD's go.mod asks for Go 1.27; the go command fetches that toolchain through the proxy.
 ARGOCD_GOTOOLCHAIN="${ARGOCD_GOTOOLCHAIN:-go1.27.3}"
 CACHE="${MODELSHIP_CACHE:-$HOME/.cache/modelship}"
@@ -100,6 +103,21 @@ module_workdir() {  # module_workdir <name> <module> <version> <importable packa
   echo "$dir"
 }
 
+# A module's own source as the main module (its go.mod, go.sum and replace directives apply as
+# its developers build it), copied out of the read-only module cache.
+main_module_workdir() {  # main_module_workdir <name> <module> <version>
+  local dir="$CACHE/src/$1-$3"
+  if [ ! -f "$dir/.copied" ]; then
+    log "fetching $2@$3 (its own module is the build's main module)"
+    rm -rf "$dir" && mkdir -p "$(dirname "$dir")"
+    local src
+    src=$(cd "$CACHE" && go mod download -json "$2@$3" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    cp -r "$src" "$dir" && chmod -R u+w "$dir"
+    touch "$dir/.copied"
+  fi
+  echo "$dir"
+}
+
 # Argo CD's go.mod replaces its gitops-engine with a local ./gitops-engine path (Go ignores that
 # for a dependency); the nested module is served on its own, so the throwaway module restates the
 # rest of the replace block (pinned k8s.io modules and friends) and lets the engine resolve.
@@ -148,32 +166,57 @@ for c in "${components[@]}"; do
         sigs.k8s.io/metrics-server/cmd/metrics-server "$out" ""
       ;;
     argocd)
-      # One binary; it acts as the repo server, the application controller or the CLI by the name
-      # it is called with (the local node links those names to it).
+      # One binary; it acts as the repo server, the application controller, the API server or
+      # the CLI by the name in ARGOCD_BINARY_NAME (or the name it is called by).
       out="$BIN/argocd-$ARGOCD_VERSION"
-      if [ ! -x "$out" ]; then
-        p="github.com/argoproj/argo-cd/v3/common"
-        ld="-X $p.version=${ARGOCD_VERSION#v} -X $p.gitTag=$ARGOCD_VERSION -X $p.gitCommit=$ARGOCD_VERSION -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
-        export GOTOOLCHAIN="$ARGOCD_GOTOOLCHAIN"
+      if [ ! -x "$out" ] || [ ! -f "$out-share/.done" ]; then
         # CI starts this build early in the background; a second caller waits for it.
         exec 9>"$BIN/.argocd.lock"
         flock -n 9 || { log "argocd: another build is running; waiting for it"; flock 9; }
+        export GOTOOLCHAIN="$ARGOCD_GOTOOLCHAIN"
         if [ ! -x "$out" ]; then
+          p="github.com/argoproj/argo-cd/v3/common"
+          ld="-X $p.version=${ARGOCD_VERSION#v} -X $p.gitTag=$ARGOCD_VERSION -X $p.gitCommit=$ARGOCD_VERSION -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
           dir=$(argocd_workdir)
           build_module argocd "$dir" github.com/argoproj/argo-cd/v3/cmd "$out" "$ld"
         fi
-        exec 9>&-
+        # From the same module version, beside the binary: its CRDs (the node installs them)
+        # and the helper scripts its image puts on PATH (the repo server runs
+        # git-verify-wrapper.sh).
+        if [ ! -f "$out-share/.done" ]; then
+          src=$(cd "$(argocd_workdir)" && go list -m -f '{{.Dir}}' github.com/argoproj/argo-cd/v3)
+          rm -rf "$out-share" && mkdir -p "$out-share/crds" "$out-share/bin"
+          cp "$src"/manifests/crds/*-crd.yaml "$out-share/crds/" && chmod 644 "$out-share"/crds/*
+          cp "$src"/hack/git-verify-wrapper.sh "$src"/hack/gpg-wrapper.sh "$out-share/bin/"
+          chmod 755 "$out-share"/bin/*
+          touch "$out-share/.done"
+        fi
         unset GOTOOLCHAIN
+        exec 9>&-
       fi
-      # From the same module version, beside the binary: its CRDs (the node installs them) and
-      # the helper scripts its image puts on PATH (the repo server runs git-verify-wrapper.sh).
+      ;;
+    traefik)
+      # Gateway API implementation of the node (HTTPRoute/GRPCRoute with weighted backends).
+      out="$BIN/traefik-$TRAEFIK_VERSION"
+      [ -x "$out" ] || build_module traefik \
+        "$(main_module_workdir traefik github.com/traefik/traefik/v3 "$TRAEFIK_VERSION")" \
+        ./cmd/traefik "$out" "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"
+      # The standard Gateway API CRDs it implements, beside the binary (the node installs them).
       if [ ! -f "$out-share/.done" ]; then
-        src=$(cd "$(argocd_workdir)" && GOTOOLCHAIN="$ARGOCD_GOTOOLCHAIN" go list -m -f '{{.Dir}}' github.com/argoproj/argo-cd/v3)
-        rm -rf "$out-share" && mkdir -p "$out-share/crds" "$out-share/bin"
-        cp "$src"/manifests/crds/*-crd.yaml "$out-share/crds/" && chmod 644 "$out-share"/crds/*
-        cp "$src"/hack/git-verify-wrapper.sh "$src"/hack/gpg-wrapper.sh "$out-share/bin/"
-        chmod 755 "$out-share"/bin/*
+        src=$(cd "$CACHE" && go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+        rm -rf "$out-share" && mkdir -p "$out-share/crds"
+        cp "$src"/config/crd/standard/*.yaml "$out-share/crds/" && chmod 644 "$out-share"/crds/*
         touch "$out-share/.done"
+      fi
+      ;;
+    prometheus|promtool)
+      # Only Kubernetes service discovery (the tests discover pods with it); no web UI assets.
+      out="$BIN/$c-$PROMETHEUS_VERSION"
+      if [ ! -x "$out" ]; then
+        v="github.com/prometheus/common/version"
+        dir=$(main_module_workdir prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION")
+        (cd "$dir" && GOWORK=off GOFLAGS="-tags=remove_all_sd,enable_kubernetes_sd" \
+          build_module "$c" "$dir" "./cmd/$c" "$out" "-X $v.Version=3.16.0 -X $v.Revision=$PROMETHEUS_VERSION -X $v.Branch=release")
       fi
       ;;
     kube-*|kubectl|kubelet)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from localkube import argocd, binaries, node
+from localkube import argocd, binaries, gateway, node, prometheus
 from localkube.cluster import STATE_FILE, Cluster, ClusterState, log
 
 DEFAULT_DIR = Path(
@@ -34,7 +34,21 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("ARGOCD", "0") not in ("", "0"),
         help="also run Argo CD (repo server, application controller, API server) on the node",
     )
+    up.add_argument(
+        "--gateway",
+        action="store_true",
+        default=os.environ.get("GATEWAY", "0") not in ("", "0"),
+        help="also run Traefik with the Gateway API CRDs, a GatewayClass and a Gateway",
+    )
+    up.add_argument(
+        "--prometheus",
+        action="store_true",
+        default=os.environ.get("PROMETHEUS", "0") not in ("", "0"),
+        help="also run Prometheus, discovering the runtime and operator pods",
+    )
     sub.add_parser("argocd", help="start Argo CD on the node running in --dir")
+    sub.add_parser("gateway", help="start Traefik and the Gateway on the node running in --dir")
+    sub.add_parser("prometheus", help="start Prometheus on the node running in --dir")
     sub.add_parser("down", help="stop every process and remove the cluster directory")
     sub.add_parser("status", help="say whether a cluster runs in --dir")
     load = sub.add_parser("load-image", help="copy Docker images into the node's containerd")
@@ -51,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start()
         if args.argocd:
             argocd.start(cluster)
+        if args.gateway:
+            gateway.start(cluster)
+        if args.prometheus:
+            prometheus.start(cluster)
         log(f"`make cluster-up` took {time.monotonic() - started:.1f}s in all")
         print(f"export KUBECONFIG={cluster.kubeconfig}")
         return 0
@@ -61,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             node.clean_host(binaries.cached("kube-proxy"))
         log(f"removed {args.dir}")
         return 0
-    if args.command == "argocd":
-        argocd.start(Cluster.attach(args.dir))
+    addon = {"argocd": argocd.start, "gateway": gateway.start, "prometheus": prometheus.start}
+    if args.command in addon:
+        addon[args.command](Cluster.attach(args.dir))
         return 0
     if args.command == "load-image":
         cluster = Cluster.attach(args.dir)
