@@ -163,7 +163,7 @@ def test_fuzzed_binary_bodies_never_get_5xx(
 def test_sigterm_under_load_loses_no_request(tmp_path: Path, start_server: Any) -> None:
     """Requests in flight at SIGTERM all succeed; readiness turns false; the process exits 0."""
     srv: ServerProcess = start_server(
-        modelfactory.slow(tmp_path / "slow"), "--drain-delay-s", "1", "--grace-period-s", "60"
+        modelfactory.slow(tmp_path / "slow"), "--drain-delay-s", "1", "--drain-deadline-s", "60"
     )
     x = np.ones((16, 1024), np.float32).tolist()
     body = {"inputs": [{"name": "x", "shape": [16, 1024], "datatype": "FP32", "data": x}]}

@@ -1,8 +1,10 @@
 """Assemble and run the server: load, start listeners, warm up, serve, drain on SIGTERM.
 
 Order matters for probes: the listeners start first (liveness answers during a long warm-up),
-readiness turns true only after warm-up, and on SIGTERM readiness turns false before anything
-stops, then in-flight requests finish, then the listeners close, all within the grace period.
+readiness turns true only after warm-up. On SIGTERM readiness turns false, every further REST
+response carries ``Connection: close`` and gRPC sends GOAWAY at once, in-flight requests finish,
+then the listeners close, all by ``drain_deadline_s``, which the operator sets to end before the
+kubelet would kill the pod.
 """
 
 from __future__ import annotations
@@ -11,23 +13,21 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import grpc
 import uvicorn
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
-from modelship.api.artifact import MANIFEST_FILE, MODEL_FILE, Manifest
-from modelship.api.serving import env_name
+from modelship.api.artifact import MANIFEST_FILE, Manifest
+from modelship_runtime.serve.artifact import load_manifest, model_file, verify_model
 from modelship_runtime.serve.batching import BatchingPredictor
 from modelship_runtime.serve.cpu import default_threads
 from modelship_runtime.serve.dataplane import DataPlane, ServedModel, Transport
-from modelship_runtime.serve.grpc_server import InferenceServicer, create_server
-from modelship_runtime.serve.http_server import HttpServer
+from modelship_runtime.serve.grpc_server import GrpcLimits, InferenceServicer, create_server
+from modelship_runtime.serve.http_server import HttpLimits, HttpServer
 from modelship_runtime.serve.metrics import (
     DriftCollector,
     DriftMonitor,
@@ -38,37 +38,14 @@ from modelship_runtime.serve.metrics import (
 from modelship_runtime.serve.model import DirectPredictor, OnnxModel, Predictor, SessionConfig
 from modelship_runtime.serve.rest import RestApp
 from modelship_runtime.serve.settings import ServeSettings
+from modelship_runtime.serve.tensors import InputLimits
 
 log = logging.getLogger("modelship_runtime.serve")
 
 
-class ArtifactError(Exception):
-    """The artifact directory cannot be served; the message says what to fix."""
-
-
-def load_manifest(model_dir: Path) -> Manifest | None:
-    path = model_dir / MANIFEST_FILE
-    if not path.exists():
-        return None
-    try:
-        return Manifest.model_validate_json(path.read_bytes())
-    except ValueError as exc:
-        raise ArtifactError(f"{path} is not a valid artifact manifest: {exc}") from exc
-
-
-def model_file(model_dir: Path, manifest: Manifest | None) -> Path:
-    path = model_dir / (manifest.model_file if manifest else MODEL_FILE)
-    if not path.is_file():
-        raise ArtifactError(
-            f"no model at {path}; point --model-dir ({env_name('model_dir')}) at an artifact "
-            "directory with model.onnx and manifest.json, or set --artifact-uri and "
-            "--artifact-digest to download one"
-        )
-    return path
-
-
 class _Listener(Transport, Protocol):
     async def start(self, host: str, port: int) -> None: ...
+    def drain(self) -> None: ...
     async def stop(self, timeout: float) -> None: ...
 
 
@@ -102,13 +79,18 @@ class _UvicornListener:
             server_header=False,
             date_header=False,
             log_level="warning",
-            timeout_graceful_shutdown=max(int(self.settings.grace_period_s), 1),
+            timeout_graceful_shutdown=max(int(self.settings.drain_deadline_s), 1),
+            timeout_keep_alive=max(int(self.settings.keep_alive_timeout_s), 1),
+            limit_concurrency=self.settings.max_connections,
             backlog=4096,
         )
         self._server = _Uvicorn(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(), name="rest")
         while not self._server.started and not self._task.done():
             await asyncio.sleep(0.01)  # uvicorn exposes no started event
+
+    def drain(self) -> None:
+        self.app.draining = True
 
     async def stop(self, timeout: float) -> None:
         if self._server is None or self._task is None:
@@ -130,9 +112,10 @@ async def serve(settings: ServeSettings) -> int:
         log.warning("no %s in %s: serving without drift statistics", MANIFEST_FILE,
                     settings.model_dir)  # fmt: skip
     threads = settings.intra_op_threads or default_threads()
+    path = model_file(settings.model_dir, manifest)
+    verify_model(path, manifest, settings)
     model = OnnxModel(
-        model_file(settings.model_dir, manifest),
-        SessionConfig(threads, settings.allow_spinning, settings.graph_optimization),
+        path, SessionConfig(threads, settings.allow_spinning, settings.graph_optimization)
     )
     disable_created_metrics()  # type: ignore[no-untyped-call]  # halves the scrape size; nothing reads *_created
     registry = CollectorRegistry()
@@ -142,7 +125,10 @@ async def serve(settings: ServeSettings) -> int:
     served = ServedModel(
         settings.model_name, settings.model_version, model.inputs, model.outputs, stack.predictor
     )
-    plane = DataPlane(served)
+    plane = DataPlane(
+        served,
+        InputLimits(settings.max_input_elements, settings.max_input_bytes),
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -211,7 +197,9 @@ async def _start_listeners(
     request counts to tell whether a request is alone."""
     app = RestApp(plane, metrics, settings.max_request_bytes)
     rest: _Listener = (
-        _UvicornListener(app, settings) if settings.http_server == "uvicorn" else HttpServer(app)
+        _UvicornListener(app, settings)
+        if settings.http_server == "uvicorn"
+        else HttpServer(app, http_limits(settings))
     )
     plane.attach(rest)
     await rest.start(settings.host, settings.rest_port)
@@ -219,10 +207,31 @@ async def _start_listeners(
         return rest, None
     servicer = InferenceServicer(plane, metrics)
     plane.attach(servicer)
-    grpc_server = create_server(servicer, settings.max_request_bytes)
+    grpc_server = create_server(
+        servicer,
+        GrpcLimits(
+            settings.max_request_bytes,
+            settings.grpc_max_concurrent_rpcs,
+            settings.max_header_bytes,
+            settings.header_timeout_s,
+        ),
+    )
     grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await grpc_server.start()
     return rest, grpc_server
+
+
+def http_limits(settings: ServeSettings) -> HttpLimits:
+    return HttpLimits(
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        keep_alive_s=settings.keep_alive_timeout_s,
+        max_connections=settings.max_connections,
+        max_pipelined=settings.max_pipelined_requests,
+        max_inflight_bytes=settings.max_inflight_bytes,
+    )
 
 
 async def _warm_up(
@@ -278,17 +287,31 @@ async def _drain(
     settings: ServeSettings,
     plane: DataPlane,
     rest: _Listener,
-    grpc_server: object | None,
+    grpc_server: grpc.aio.Server | None,
 ) -> None:
-    deadline = time.monotonic() + settings.grace_period_s
+    """SIGTERM: tell clients to go at once, serve what comes meanwhile, and be done by the
+    deadline (the caller's remaining teardown is what the operator's margin is for)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.drain_deadline_s
+
+    def left() -> float:
+        return max(deadline - loop.time(), 0.0)
+
     plane.ready = False
-    log.info("shutting down: readiness false, draining for up to %.1f s", settings.grace_period_s)
-    delay = min(settings.drain_delay_s, settings.grace_period_s)
+    rest.drain()  # every further response carries Connection: close
+    grpc_stopped = (
+        loop.create_task(grpc_server.stop(left()), name="grpc-stop")  # GOAWAY now
+        if grpc_server is not None
+        else None
+    )
+    log.info("shutting down: readiness false, draining for up to %.1f s",
+             settings.drain_deadline_s)  # fmt: skip
+    delay = min(settings.drain_delay_s, left())
     if delay > 0:
         await asyncio.sleep(delay)  # load balancers need time to notice readiness is false
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(plane.wait_idle(), max(deadline - time.monotonic(), 0))
-    if grpc_server is not None:
-        await grpc_server.stop(max(deadline - time.monotonic(), 0))  # type: ignore[attr-defined]
-    await rest.stop(max(deadline - time.monotonic(), 0) + 1)
+        await asyncio.wait_for(plane.wait_idle(), left())
+    if grpc_stopped is not None:
+        await grpc_stopped
+    await rest.stop(left())
     log.info("stopped: %d request(s) still in flight", plane.in_flight)

@@ -18,7 +18,7 @@ more CPU per request than one full batch (figures: docs/benchmarks.md).
 A request that is alone in the server (see :data:`~modelship_runtime.serve.model.Alone`: no
 other request or connection on any transport, as ``DataPlane.alone`` decides) cannot be merged
 with anything, so it runs at once on the event loop thread, without the queue and the
-worker-thread hop.
+worker-thread hop, when its inputs are no larger than the warm-up's (``OnnxModel.fits_loop``).
 
 Only requests whose inputs agree beyond the batch dimension are merged. Results are split back
 by row offsets. If a merged call fails, every request in it is retried alone, so one bad request
@@ -93,7 +93,12 @@ class BatchingPredictor:
         loop = asyncio.get_running_loop()
         first = next(iter(feeds.values()))
         rows = int(first.shape[0]) if first.ndim else 1
-        if self._active == 0 and self.alone is not None and self.alone():
+        if (
+            self._active == 0
+            and self.alone is not None
+            and self.alone()
+            and self.model.fits_loop(feeds)
+        ):
             if self.metrics is not None:
                 self.metrics.observe_batch(rows, [0.0])
             outputs = self.model.predict(feeds, None)
@@ -204,7 +209,7 @@ class BatchingPredictor:
                 self._queue.get_nowait(),
                 InferenceError(ErrorKind.UNAVAILABLE, "the server is shutting down; retry"),
             )
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _fail(pending: _Pending, exc: BaseException) -> None:

@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--download-only needs --artifact-uri and --artifact-digest", file=sys.stderr)
         return 2
 
-    from modelship_runtime.serve.app import ArtifactError, serve
+    from modelship_runtime.serve.app import serve
+    from modelship_runtime.serve.artifact import ArtifactError
 
     try:
         import uvloop

@@ -14,9 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelship_runtime.serve.errors import ErrorKind, InferenceError, invalid, not_found
+from modelship_runtime.serve.errors import (
+    ErrorKind,
+    InferenceError,
+    internal_error,
+    invalid,
+    not_found,
+)
 from modelship_runtime.serve.model import Feeds, Predictor, TensorInfo
-from modelship_runtime.serve.tensors import Tensor, datatype_of
+from modelship_runtime.serve.tensors import InputLimits, Tensor, datatype_of
 
 SERVER_NAME = "modelship"
 SERVER_VERSION = "0.1.0"
@@ -71,8 +77,10 @@ class Transport(Protocol):
 
 
 class DataPlane:
-    def __init__(self, model: ServedModel) -> None:
+    def __init__(self, model: ServedModel, limits: InputLimits | None = None) -> None:
         self.model = model
+        self.limits = limits or InputLimits()
+        """What the protocol adapters let one request decode (checked before decoding)."""
         self.live = True
         self.ready = False
         """Readiness probe answer: true after warm-up, false again once draining starts."""
@@ -140,9 +148,8 @@ class DataPlane:
             # out of range, a shape it cannot take) counts against the model, as KServe and
             # Triton count it: a new version that fails where the old one answers must show up
             # in the 5xx rate that canary analysis judges.
-            raise InferenceError(
-                ErrorKind.INTERNAL,
-                f"the model failed on these inputs, which match its signature: {exc}",
+            raise internal_error(
+                "the model failed on these inputs, which match its signature", exc
             ) from exc
         finally:
             self.in_flight -= 1

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
 from enum import Enum
+
+log = logging.getLogger("modelship_runtime.serve")
 
 
 class ErrorKind(Enum):
@@ -31,3 +35,18 @@ def invalid(message: str) -> InferenceError:
 
 def not_found(message: str) -> InferenceError:
     return InferenceError(ErrorKind.NOT_FOUND, message)
+
+
+def too_large(message: str) -> InferenceError:
+    return InferenceError(ErrorKind.TOO_LARGE, message)
+
+
+def internal_error(what: str, exc: BaseException) -> InferenceError:
+    """A 500 whose message says what failed but never echoes the exception (file paths, tensor
+    contents, library internals are not for clients); the log has the traceback under the
+    reference the message names."""
+    reference = secrets.token_hex(4)
+    log.error("%s [ref %s]", what, reference, exc_info=exc)
+    return InferenceError(
+        ErrorKind.INTERNAL, f"{what}; the server log has the details [ref {reference}]"
+    )

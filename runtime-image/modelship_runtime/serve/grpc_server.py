@@ -7,25 +7,18 @@ Inputs may come as typed ``contents`` or as ``raw_input_contents``; outputs alwa
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 
-from modelship_runtime.serve.dataplane import DataPlane, InferRequest, RequestedOutput
-from modelship_runtime.serve.errors import ErrorKind, InferenceError, invalid
+from modelship_runtime.serve.dataplane import DataPlane
+from modelship_runtime.serve.errors import ErrorKind, InferenceError, internal_error
+from modelship_runtime.serve.grpc_decoding import decode_request
 from modelship_runtime.serve.metrics import RequestMetrics
 from modelship_runtime.serve.proto import open_inference_pb2 as pb
 from modelship_runtime.serve.proto import open_inference_pb2_grpc as pb_grpc
-from modelship_runtime.serve.tensors import (
-    NUMPY_DTYPES,
-    Tensor,
-    check_datatype,
-    check_shape,
-    element_count,
-    from_bytes,
-    to_bytes,
-)
+from modelship_runtime.serve.tensors import to_bytes
 
 STATUS = {
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -35,78 +28,6 @@ STATUS = {
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
-
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
-
-def _from_contents(tensor: Any) -> Tensor:
-    name = tensor.name
-    dtype = check_datatype("input", name, tensor.datatype)
-    dims = check_shape("input", name, list(tensor.shape))
-    field = _CONTENTS_FIELD.get(tensor.datatype)
-    if field is None:
-        raise invalid(f"input '{name}': {tensor.datatype} has no typed contents; use raw contents")
-    values = getattr(tensor.contents, field)
-    count = element_count(dims)
-    if len(values) != count:
-        raise invalid(
-            f"input '{name}': shape {list(dims)} needs {count} values but {field} holds "
-            f"{len(values)}"
-        )
-    for other, other_field in _CONTENTS_FIELD.items():
-        if other_field != field and len(getattr(tensor.contents, other_field)):
-            raise invalid(
-                f"input '{name}' has datatype {tensor.datatype} but sets {other_field} "
-                f"(for {other}); put the values in {field}"
-            )
-    if tensor.datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-    else:
-        array = np.array(values, dtype=np.int64 if field == "int_contents" else None)
-        if dtype.kind in "iu" and array.size:
-            info = np.iinfo(dtype)
-            if array.min() < info.min or array.max() > info.max:
-                raise invalid(f"input '{name}': values must lie in [{info.min}, {info.max}]")
-        array = array.astype(NUMPY_DTYPES[tensor.datatype], copy=False)
-    return Tensor(name, tensor.datatype, array.reshape(dims))
-
-
-def decode_request(request: Any) -> InferRequest:
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise invalid(
-            f"raw_input_contents has {len(raw)} entries but there are {len(request.inputs)} "
-            "inputs; send one raw buffer per input, in the same order"
-        )
-    if not request.inputs:
-        raise invalid("the request needs at least one input tensor")
-    tensors = [
-        from_bytes(t.name, t.datatype, list(t.shape), raw[i]) if raw else _from_contents(t)
-        for i, t in enumerate(request.inputs)
-    ]
-    outputs = [RequestedOutput(o.name, True) for o in request.outputs] or None
-    return InferRequest(
-        request.model_name,
-        request.model_version or None,
-        tensors,
-        outputs,
-        request.id or None,
-        True,
-    )
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -165,7 +86,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             metrics.started()
         code = 200
         try:
-            response = await self.plane.infer(decode_request(request))
+            response = await self.plane.infer(decode_request(request, self.plane.limits))
             reply = pb.ModelInferResponse(
                 model_name=response.model_name,
                 model_version=response.model_version,
@@ -183,7 +104,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             error: tuple[grpc.StatusCode, str] = (STATUS[exc.kind], exc.message)
         except Exception as exc:  # a bug: answer INTERNAL and keep serving
             code = 500
-            error = (grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            bug = internal_error("internal error while answering an infer request", exc)
+            error = (grpc.StatusCode.INTERNAL, bug.message)
         finally:
             if metrics is not None:
                 metrics.finished("grpc", request.model_name, code, started)
@@ -192,13 +114,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return reply
 
 
-def create_server(servicer: InferenceServicer, max_message_bytes: int) -> grpc.aio.Server:
+@dataclass(frozen=True, slots=True)
+class GrpcLimits:
+    """What one gRPC server accepts at once; RPCs over ``max_concurrent_rpcs`` are refused
+    with RESOURCE_EXHAUSTED by grpc itself, before any handler (or metric) sees them."""
+
+    max_message_bytes: int = 64 << 20
+    max_concurrent_rpcs: int = 256
+    max_metadata_bytes: int = 16 << 10
+    handshake_timeout_s: float = 10.0
+
+
+def create_server(servicer: InferenceServicer, limits: GrpcLimits) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            ("grpc.max_metadata_size", limits.max_metadata_bytes),
+            ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout_s * 1000)),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
         servicer, server

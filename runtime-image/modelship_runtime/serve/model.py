@@ -89,6 +89,21 @@ class OnnxModel:
         self.inputs = [_info(node) for node in self._session.get_inputs()]
         self.outputs = [_info(node) for node in self._session.get_outputs()]
         self.output_names = [info.name for info in self.outputs]
+        self.warm_up_elements = sum(a.size for a in self.example_feeds(1).values())
+        """Elements of the batch-1 warm-up input, the size its latency was measured at."""
+
+    def fits_loop(self, feeds: Feeds) -> bool:
+        """Whether a call on ``feeds`` may run on the event loop thread: only inputs no larger
+        than the warm-up's, since the warm-up latency is all that says how long the loop would
+        be blocked (a request 100 times larger would block it 100 times as long, and the health
+        probes with it). BYTES inputs never do: their element count says nothing of their size.
+        """
+        total = 0
+        for array in feeds.values():
+            if array.dtype.kind == "O":
+                return False
+            total += array.size
+        return total <= self.warm_up_elements
 
     @property
     def batchable(self) -> bool:
@@ -147,7 +162,8 @@ class DirectPredictor:
     concurrent calls would only fight over the same cores. Inline mode skips the thread hop for
     models that finish faster than the hop costs; with ``alone`` set, a request that is the only
     one in the server skips it too (the hop costs ~0.1 ms of a few-ms call), while concurrent
-    requests still queue for the worker in arrival order and the loop keeps parsing.
+    requests still queue for the worker in arrival order and the loop keeps parsing. Either
+    shortcut applies only to inputs no larger than the warm-up's (:meth:`OnnxModel.fits_loop`).
     """
 
     def __init__(self, model: OnnxModel, inline: bool = False, alone: Alone | None = None) -> None:
@@ -157,10 +173,12 @@ class DirectPredictor:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ort")
 
     async def predict(self, feeds: Feeds, output_names: Sequence[str] | None) -> Outputs:
-        if self.inline or (self.alone is not None and self.alone()):
+        if (self.inline or (self.alone is not None and self.alone())) and self.model.fits_loop(
+            feeds
+        ):
             return self.model.predict(feeds, output_names)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.model.predict, feeds, output_names)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)

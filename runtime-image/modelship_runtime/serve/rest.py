@@ -19,9 +19,17 @@ from modelship_runtime.serve.dataplane import (
     InferResponse,
     RequestedOutput,
 )
-from modelship_runtime.serve.errors import ErrorKind, InferenceError, invalid
+from modelship_runtime.serve.errors import ErrorKind, InferenceError, internal_error, invalid
 from modelship_runtime.serve.metrics import RequestMetrics
-from modelship_runtime.serve.tensors import Tensor, from_bytes, from_json, to_bytes, to_json_data
+from modelship_runtime.serve.tensors import (
+    InputBudget,
+    InputLimits,
+    Tensor,
+    from_bytes,
+    from_json,
+    to_bytes,
+    to_json_data,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -67,6 +75,9 @@ class RestApp:
         self.plane = plane
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.draining = False
+        """Set on SIGTERM: under uvicorn, every further response asks to close its connection
+        (the built-in server does that itself)."""
 
     async def handle(
         self, method: str, path: str, headers: Headers, read_body: BodyReader
@@ -92,6 +103,8 @@ class RestApp:
         headers = [(b"content-type", reply.content_type)]
         if reply.extra:
             headers.extend(reply.extra)
+        if self.draining:
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
@@ -142,7 +155,8 @@ class RestApp:
         except InferenceError as exc:
             reply = error_reply(exc.kind, exc.message)
         except Exception as exc:  # a bug: answer, count, and keep the worker alive
-            reply = error_reply(ErrorKind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            error = internal_error("internal error while answering an infer request", exc)
+            reply = error_reply(error.kind, error.message)
         if metrics is not None:
             metrics.finished("rest", name, reply.status, started)
         return reply
@@ -150,36 +164,56 @@ class RestApp:
     async def _infer(
         self, headers: Headers, read_body: BodyReader, name: str, version: str | None
     ) -> InferResponse:
-        header_length: int | None = None
-        declared: int | None = None
-        for key, value in headers:
-            if key == b"content-length":
-                declared = _int_header(value, "Content-Length")
-            elif key == HEADER_LENGTH:
-                header_length = _int_header(value, "Inference-Header-Content-Length")
-            elif key == b"content-encoding" and value.strip().lower() not in (b"identity", b""):
-                raise InferenceError(
-                    ErrorKind.UNSUPPORTED_MEDIA,
-                    f"Content-Encoding {value.decode(errors='replace')} is not supported; "
-                    "send the request body uncompressed",
-                )
+        declared, header_length = request_headers(headers)
         limit = self.max_request_bytes
         if declared is not None and declared > limit:
             raise too_large(declared, limit)
         body = await read_body(limit)
-        if header_length is None:
-            header_length = len(body)
-        elif header_length > len(body):
-            raise invalid(
-                f"Inference-Header-Content-Length is {header_length} but the body has only "
-                f"{len(body)} bytes; the JSON header is truncated"
-            )
-        try:
-            document = orjson.loads(memoryview(body)[:header_length])
-        except orjson.JSONDecodeError as exc:
-            raise invalid(f"the request body is not valid JSON: {exc}") from None
-        request = _parse_request(document, name, version, memoryview(body)[header_length:])
+        request = decode_request(body, header_length, name, version, self.plane.limits)
         return await self.plane.infer(request)
+
+
+def request_headers(headers: Headers) -> tuple[int | None, int | None]:
+    """Content-Length and Inference-Header-Content-Length of an infer request (None: absent);
+    an encoded body is refused (415)."""
+    header_length: int | None = None
+    declared: int | None = None
+    for key, value in headers:
+        if key == b"content-length":
+            declared = _int_header(value, "Content-Length")
+        elif key == HEADER_LENGTH:
+            header_length = _int_header(value, "Inference-Header-Content-Length")
+        elif key == b"content-encoding" and value.strip().lower() not in (b"identity", b""):
+            raise InferenceError(
+                ErrorKind.UNSUPPORTED_MEDIA,
+                f"Content-Encoding {value.decode(errors='replace')} is not supported; "
+                "send the request body uncompressed",
+            )
+    return declared, header_length
+
+
+def decode_request(
+    body: bytes | memoryview,
+    header_length: int | None,
+    name: str,
+    version: str | None,
+    limits: InputLimits | None = None,
+) -> InferRequest:
+    """Decode an infer request body (JSON, or a JSON header and binary tensor data). Every
+    failure is an :class:`InferenceError` of a 4xx kind: the fuzz tests hold it to that."""
+    if header_length is None:
+        header_length = len(body)
+    elif header_length > len(body):
+        raise invalid(
+            f"Inference-Header-Content-Length is {header_length} but the body has only "
+            f"{len(body)} bytes; the JSON header is truncated"
+        )
+    view = memoryview(body)
+    try:
+        document = orjson.loads(view[:header_length])
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"the request body is not valid JSON: {exc}") from None
+    return _parse_request(document, name, version, view[header_length:], InputBudget(limits))
 
 
 def _model_path(parts: list[str]) -> tuple[str, str | None, list[str]]:
@@ -243,13 +277,14 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 
 def _parse_request(
-    document: object, name: str, version: str | None, binary: memoryview
+    document: object, name: str, version: str | None, binary: memoryview, budget: InputBudget
 ) -> InferRequest:
     if not isinstance(document, dict):
         raise invalid("the request body must be a JSON object with an 'inputs' list")
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise invalid("the request needs a non-empty 'inputs' list of tensors")
+    budget.check_count(len(inputs))
     parameters = _parameters(document, "request")
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
@@ -270,7 +305,7 @@ def _parse_request(
                 raise invalid(
                     f"input '{tensor_name}' has neither 'data' nor a binary_data_size parameter"
                 )
-            tensors.append(from_json(tensor_name, datatype, shape, item["data"]))
+            tensors.append(from_json(tensor_name, datatype, shape, item["data"], budget))
             continue
         if type(size) is not int or size < 0:
             raise invalid(f"input '{tensor_name}': binary_data_size must be a non-negative integer")
@@ -279,7 +314,8 @@ def _parse_request(
                 f"input '{tensor_name}': binary_data_size is {size} but only "
                 f"{len(binary) - offset} bytes of binary data remain; the body is truncated"
             )
-        tensors.append(from_bytes(tensor_name, datatype, shape, binary[offset : offset + size]))
+        raw = binary[offset : offset + size]
+        tensors.append(from_bytes(tensor_name, datatype, shape, raw, budget))
         offset += size
     if offset != len(binary):
         raise invalid(

@@ -56,14 +56,75 @@ class ServeSettings(BaseSettings, ServingConfig, DownloadConfig):
     max_request_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="Largest request body or gRPC message."
     )
-    grace_period_s: float = Field(
-        default=30.0, ge=0, description="SIGTERM: longest wait for in-flight requests."
+    max_input_elements: int = Field(
+        default=1 << 26,
+        ge=1,
+        description="Largest number of elements over all inputs of one request, from the "
+        "declared shapes before decoding (a 0-sized dimension counts as 1); over it: 413 / "
+        "RESOURCE_EXHAUSTED.",
+    )
+    max_input_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Largest decoded size (elements x datatype size) over all inputs of one "
+        "request, checked like max_input_elements.",
+    )
+    max_url_bytes: int = Field(
+        default=8 * 1024, ge=256, description="REST: longest request URL; longer: 414."
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        description="REST: longest request line plus headers (431 beyond), and gRPC's metadata "
+        "limit.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="REST: a request's line and headers must arrive within this (from the "
+        "connect, for a connection's first request; 408 and close beyond); gRPC: the "
+        "connection handshake's limit.",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="REST: a request body must arrive within this once it may be read (408 "
+        "and close beyond), and a client that reads none of its answers this long is "
+        "disconnected.",
+    )
+    keep_alive_timeout_s: float = Field(
+        default=75.0, gt=0, description="REST: idle keep-alive connections close after this."
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="REST: open connections; at the cap an idle connection, or the one slowest "
+        "to send its head, is closed to make room, and when none is, the new one is refused.",
+    )
+    max_pipelined_requests: int = Field(
+        default=16,
+        ge=1,
+        description="REST: requests one connection may have waiting for answers; beyond it "
+        "the connection is not read until answers go out (back-pressure).",
+    )
+    max_inflight_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="REST: request body bytes held by the server at once (received or being "
+        "received, not yet answered); a body is read only when it fits (its 100 Continue "
+        "waits too), and one larger than the budget only when nothing else is held.",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=256,
+        ge=1,
+        description="gRPC: RPCs handled at once; more are refused with RESOURCE_EXHAUSTED.",
     )
     drain_delay_s: float = Field(
         default=0.0,
         ge=0,
         description="SIGTERM: keep serving this long after readiness turns false, so load "
-        "balancers stop sending first (bounded by grace_period_s).",
+        "balancers stop sending first (bounded by drain_deadline_s). In a pod the preStop "
+        "pause does this, so the operator leaves it at 0.",
     )
     drift_sample_every: int = Field(
         default=1, ge=1, description="Feed every n-th request's inputs to the drift statistics."

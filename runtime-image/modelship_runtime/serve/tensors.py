@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from modelship_runtime.serve.errors import invalid
+from modelship.api.serving import env_name
+from modelship_runtime.serve.errors import InferenceError, invalid, too_large
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -107,11 +108,79 @@ def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def from_json(name: str, datatype: object, shape: object, data: object) -> Tensor:
-    """Decode the ``data`` of a JSON tensor (flat or nested, row-major)."""
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """How large the inputs of one request may be (all inputs together), checked against the
+    declared shapes before any data is decoded, so an oversized request is a 413 that costs
+    nothing, never a model call that fails (a 5xx) or an allocation that kills the pod."""
+
+    max_elements: int = 1 << 26
+    """Elements over all inputs; a zero-sized dimension counts as 1 here, so a shape cannot
+    hide a huge dimension behind a 0 (the model would still be asked to size outputs by it)."""
+    max_bytes: int = 256 << 20
+    """Decoded bytes over all inputs (elements times the datatype's size; BYTES elements count
+    as 8, their strings are bounded by the request size)."""
+    max_inputs: int = 1024
+    """Input tensors in one request (each costs a decode before validation can reject it)."""
+
+
+class InputBudget:
+    """What one request may still decode under :class:`InputLimits`, taken input by input."""
+
+    __slots__ = ("bytes", "elements", "limits")
+
+    def __init__(self, limits: InputLimits | None = None) -> None:
+        self.limits = limits or InputLimits()
+        self.elements = 0
+        self.bytes = 0
+
+    def check_count(self, count: int) -> None:
+        if count > self.limits.max_inputs:
+            raise invalid(
+                f"the request has {count} input tensors; at most {self.limits.max_inputs} are "
+                "accepted (send each of the model's inputs once)"
+            )
+
+    def take(self, name: str, dims: tuple[int, ...], dtype: np.dtype[Any]) -> int:
+        """The element count of ``dims``, once the request's inputs so far fit the limits."""
+        volume = math.prod(max(dim, 1) for dim in dims)
+        self.elements += volume
+        self.bytes += volume * dtype.itemsize
+        limits = self.limits
+        if self.elements > limits.max_elements:
+            raise _too_large(
+                f"input '{name}': shape {list(dims)} brings the request to {self.elements} "
+                f"elements, over the limit of {limits.max_elements}",
+                "max_input_elements",
+            )
+        if self.bytes > limits.max_bytes:
+            raise _too_large(
+                f"input '{name}': shape {list(dims)} brings the request to {self.bytes} decoded "
+                f"bytes, over the limit of {limits.max_bytes}",
+                "max_input_bytes",
+            )
+        return math.prod(dims)
+
+
+def _too_large(message: str, setting: str) -> InferenceError:
+    return too_large(f"{message}; send smaller batches or raise {env_name(setting)}")
+
+
+def sized_shape(
+    name: str, datatype: object, shape: object, budget: InputBudget | None
+) -> tuple[np.dtype[Any], tuple[int, ...], int]:
+    """The dtype, dims and element count of an input, checked against the request's budget."""
     dtype = check_datatype("input", name, datatype)
     dims = check_shape("input", name, shape)
-    count = element_count(dims)
+    count = (budget or InputBudget()).take(name, dims, dtype)
+    return dtype, dims, count
+
+
+def from_json(
+    name: str, datatype: object, shape: object, data: object, budget: InputBudget | None = None
+) -> Tensor:
+    """Decode the ``data`` of a JSON tensor (flat or nested, row-major)."""
+    dtype, dims, count = sized_shape(name, datatype, shape, budget)
     if datatype == "BYTES":
         return Tensor(name, "BYTES", _bytes_from_json(name, dims, data))
     if not isinstance(data, list):
@@ -121,7 +190,7 @@ def from_json(name: str, datatype: object, shape: object, data: object) -> Tenso
         )
     try:
         array = np.array(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise invalid(
             f"input '{name}': 'data' is not a rectangular list of {datatype} numbers"
         ) from None
@@ -176,18 +245,31 @@ def kind_name(kind: str) -> str:
 
 
 def _bytes_from_json(name: str, dims: tuple[int, ...], data: object) -> np.ndarray[Any, Any]:
+    """Flatten (row-major) nested lists of strings, iteratively: nesting deeper than the shape's
+    rank is refused, so no depth of nesting reaches Python's recursion limit."""
     flat: list[bytes] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif isinstance(value, str):
-            flat.append(value.encode())
+    if not isinstance(data, list):
+        data = [data]
+    depth = max(len(dims), 1)
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, str):
+                flat.append(value.encode())
+            elif isinstance(value, list):
+                if len(stack) >= depth:
+                    raise invalid(
+                        f"input '{name}': 'data' is nested deeper than its shape "
+                        f"{list(dims)}; send it flat or nested once per dimension"
+                    )
+                stack.append(iter(value))
+                break
+            else:
+                raise invalid(
+                    f"input '{name}': datatype BYTES needs strings, got {type(value).__name__}"
+                )
         else:
-            raise invalid(f"input '{name}': datatype BYTES needs strings, got {value!r}")
-
-    walk(data)
+            stack.pop()
     if len(flat) != element_count(dims):
         raise invalid(
             f"input '{name}': shape {list(dims)} needs {element_count(dims)} values but 'data' "
@@ -198,11 +280,15 @@ def _bytes_from_json(name: str, dims: tuple[int, ...], data: object) -> np.ndarr
     return array.reshape(dims)
 
 
-def from_bytes(name: str, datatype: object, shape: object, raw: bytes | memoryview) -> Tensor:
+def from_bytes(
+    name: str,
+    datatype: object,
+    shape: object,
+    raw: bytes | memoryview,
+    budget: InputBudget | None = None,
+) -> Tensor:
     """Decode a tensor sent as raw little-endian bytes (binary extension, gRPC raw contents)."""
-    dtype = check_datatype("input", name, datatype)
-    dims = check_shape("input", name, shape)
-    count = element_count(dims)
+    dtype, dims, count = sized_shape(name, datatype, shape, budget)
     if datatype == "BYTES":
         return Tensor(name, "BYTES", _bytes_from_raw(name, dims, count, raw))
     expected = count * dtype.itemsize
