@@ -95,9 +95,19 @@ def seed_index(core: client.CoreV1Api) -> None:
     digest = plan.pinned_digest
     assert digest is not None
     hex_ = digest.split(":")[1]
-    entry = json.dumps({"digest": digest, "uri": f"file:///artifacts/{hex_}", "variant": "fp32"})
+    # In the namespace's own part of the store, where the operator looks for it.
+    uri = f"file:///artifacts/{NS}/{hex_}"
+    entry = json.dumps({"digest": digest, "uri": uri, "variant": "fp32"})
     core.create_namespaced_config_map(
-        NS, {"metadata": {"name": "modelship-artifacts"}, "data": {f"sha256-{hex_}": entry}}
+        NS,
+        {
+            # As the operator writes it: it trusts only an index with its own label.
+            "metadata": {
+                "name": "modelship-artifacts",
+                "labels": {"app.kubernetes.io/managed-by": "modelship"},
+            },
+            "data": {f"sha256-{hex_}": entry},
+        },
     )
 
 

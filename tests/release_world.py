@@ -19,6 +19,7 @@ from modelship.domain.lifecycle import Action, Emit, EnsureServing, State, step
 from modelship.domain.observation import (
     Artifact,
     BuildObservation,
+    Fault,
     Observation,
     Problem,
     ReleaseObservation,
@@ -70,6 +71,7 @@ class World:
     deployments: dict[str, RolloutObservation] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     problems: tuple[Problem, ...] = ()
+    faults: tuple[Fault, ...] = ()
     status: dict[str, Any] = field(default_factory=dict)
     """As the API server stores it: every tick writes it and the next one reads it back."""
     actions: list[Action] = field(default_factory=list)
@@ -94,7 +96,13 @@ class World:
             analysis=analysis,
         )
         return Observation(
-            self.generation, self.target, self.stored, self.build, release, self.problems
+            self.generation,
+            self.target,
+            self.stored,
+            self.build,
+            release,
+            self.problems,
+            self.faults,
         )
 
     def tick(self, analysis: AnalysisResult | None = None) -> State:

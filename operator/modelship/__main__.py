@@ -13,7 +13,7 @@ from modelship import handlers  # noqa: F401  (registers the handlers)
 from modelship.domain.settings import Settings
 from modelship.kube import Kube, new_api_client
 from modelship.leader import LeaderElector, Timing
-from modelship.metrics import OperatorMetrics
+from modelship.metrics import Liveness, OperatorMetrics
 
 log = logging.getLogger("modelship")
 
@@ -54,6 +54,10 @@ def main() -> None:
     # Served from the start, so a standby answers scrapes too (modelship_operator_leader 0).
     metrics = OperatorMetrics()
     metrics.serve(settings.metrics_port)
+    # /healthz answers from the start too: a standby is alive; the leader's controller takes
+    # the answer over once it runs (handlers.start).
+    liveness = Liveness()
+    liveness.serve(settings.health_port)
     elector = _elector(settings) if settings.leader_election else None
     if elector is not None:
         elector.acquire()
@@ -64,7 +68,7 @@ def main() -> None:
             standalone=True,  # kopf's peering is replaced by the Lease above
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
-            memo=kopf.Memo(metrics=metrics),
+            memo=kopf.Memo(metrics=metrics, liveness=liveness),
         )
     finally:
         if elector is not None:

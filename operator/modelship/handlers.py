@@ -19,7 +19,7 @@ from modelship.domain import naming
 from modelship.domain.desired import applied_hash
 from modelship.domain.settings import Settings
 from modelship.kube import Kube, new_api_client
-from modelship.metrics import OperatorMetrics
+from modelship.metrics import Liveness, OperatorMetrics
 from modelship.reconciler import Reconciler
 
 OURS = {naming.LABEL_MANAGED_BY: naming.MANAGER}
@@ -36,13 +36,26 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    # The watched resources are known (our CRD, built-in kinds) and so are the namespaces: no
+    # need to watch CRDs and Namespaces cluster-wide, so a namespaced install needs no
+    # ClusterRole at all. A CRD missing at start is caught by the controller's watch audit.
+    settings.scanning.disabled = True
     config = Settings()
     # Created and served by python -m modelship before the leader election.
     metrics: OperatorMetrics = memo["metrics"]
     api_client = new_api_client(pool_size=config.concurrency + 2)
-    reconciler = Reconciler(Kube(api_client, metrics.count_request), config, metrics)
-    controller = Controller(reconciler.reconcile, config.concurrency, metrics)
+    kube = Kube(api_client, metrics.count_request)
+    reconciler = Reconciler(kube, config, metrics)
+    controller = Controller(
+        reconciler.reconcile,
+        config.concurrency,
+        metrics,
+        lister=lambda: kube.list_model_deployments(config.namespaces),
+        check_seconds=config.watch_check_seconds,
+    )
     controller.start()
+    liveness: Liveness = memo["liveness"]
+    liveness.attach(controller.problem)
     memo["reconciler"] = reconciler
     memo["controller"] = controller
     memo["api_client"] = api_client

@@ -10,6 +10,10 @@ domain modules stay free of the kubernetes package). The policy for errors lives
 - build Jobs: create, and 409 means another ModelDeployment or an earlier operator process got
   there first, which is success.
 - deletes: 404 is success.
+- every other failure is a :class:`KubeError` that says whether it is permanent (a 4xx other than
+  408/409/429: the request will fail the same way until someone changes the spec, the RBAC or the
+  object in the way) and what to do about it; the reconciler turns permanent ones into a
+  condition and backs off, temporary ones are retried by the controller.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -40,6 +44,7 @@ _COLLECTIONS = {
     "Pod": "/api/v1/namespaces/{ns}/pods",
     "Event": "/api/v1/namespaces/{ns}/events",
     "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
     api.KIND: f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{{ns}}/{api.PLURAL}",
 }
 _TIMEOUT = (5, 30)
@@ -48,17 +53,58 @@ _LEASE_TIMEOUT = (2, 4)
 
 
 class KubeError(RuntimeError):
-    """An API call failed for a reason the operator cannot fix by itself; retried later."""
+    """An API call failed for a reason the operator cannot fix by itself."""
 
     def __init__(self, what: str, error: ApiException) -> None:
-        detail = error.reason or ""
-        with contextlib.suppress(TypeError, ValueError):
-            detail = json.loads(error.body or "{}").get("message", detail)
-        hint = ""
-        if error.status == 403:
-            hint = " (the operator's ClusterRole lacks this permission: apply deploy/rbac.yaml)"
-        super().__init__(f"{what}: HTTP {error.status}: {detail}{hint}")
-        self.status = error.status
+        detail, reason = error.reason or "", ""
+        with contextlib.suppress(TypeError, ValueError, AttributeError):
+            body = json.loads(error.body or "{}")
+            detail, reason = body.get("message", detail), body.get("reason", "")
+        self.status: int = int(error.status or 0)
+        self.reason: str = reason or _REASONS.get(self.status, "ApiError")
+        """The API server's StatusReason (Forbidden, Invalid, NotFound, ...)."""
+        self.detail: str = detail
+        """The API server's own message."""
+        self.hint: str = _hint(self.status, detail)
+        """What a person can do about it."""
+        hint = f"; {self.hint}" if self.hint else ""
+        super().__init__(f"{what}: HTTP {self.status}: {detail}{hint}")
+
+    @property
+    def permanent(self) -> bool:
+        """Retrying the same request will fail the same way (it needs a person)."""
+        return 400 <= self.status < 500 and self.status not in _TEMPORARY
+
+
+_TEMPORARY = frozenset({408, 409, 429})
+_REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 422: "Invalid"}
+
+
+def _hint(status: int, detail: str) -> str:
+    if "admission webhook" in detail:
+        return (
+            "an admission webhook or policy of the cluster refused it: see its message, and "
+            "change the spec or ask the cluster's administrators"
+        )
+    if status == 403 and "exceeded quota" in detail:
+        return (
+            "the namespace's ResourceQuota is used up: raise it, or lower the resources the "
+            "spec (or the operator's build settings) asks for"
+        )
+    if status == 403:
+        return (
+            "the operator's RBAC lacks this permission: apply the rules generated from "
+            "operator/modelship/rbac.py (deploy/rbac.yaml or the chart); when the operator "
+            "watches given namespaces, this namespace must be one of them"
+        )
+    if status in (400, 422):
+        return (
+            "the API server rejected what the operator made from the spec: change the field "
+            "it names in the spec, or report a bug if the spec is valid"
+        )
+    if status == 404:
+        return "the namespace (or the object) is gone; nothing is retried until it is back"
+    return ""
 
 
 def new_api_client(pool_size: int) -> client.ApiClient:
@@ -89,6 +135,7 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
         timeout: tuple[float, float] = _TIMEOUT,
     ) -> dict[str, Any]:
         self._on_request(method)
@@ -98,7 +145,7 @@ class Kube:
             path,
             method,
             query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            header_params={"Content-Type": content_type, "Accept": accept},
             body=body,
             auth_settings=["BearerToken"],
             _preload_content=False,
@@ -129,6 +176,24 @@ class Kube:
             ).get("items", [])
         except ApiException as e:
             raise KubeError(f"listing {kind} in {namespace}", e) from e
+        return items
+
+    def list_model_deployments(self, namespaces: Sequence[str]) -> Sequence[dict[str, Any]]:
+        """The metadata (name, uid, generation, ...) of every ModelDeployment in the namespaces,
+        or in the cluster when none are given: how the controller audits its watch."""
+        paths = [self._path(api.KIND, ns) for ns in namespaces] or [
+            f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}"
+        ]
+        items: list[dict[str, Any]] = []
+        for path in paths:
+            try:
+                page = self._call(
+                    "GET", path, accept="application/json;as=PartialObjectMetadataList;"
+                    "g=meta.k8s.io;v=v1,application/json",
+                )
+            except ApiException as e:
+                raise KubeError(f"listing {api.PLURAL} at {path}", e) from e
+            items += page.get("items", [])
         return items
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -208,8 +273,9 @@ class Kube:
             if e.status not in (404, 422):
                 raise KubeError(f"adding an owner to {kind} {namespace}/{name}", e) from e
 
-    def merge_data(self, namespace: str, name: str, data: dict[str, str]) -> None:
-        """Add keys to a ConfigMap (created on first use); other keys are left alone."""
+    def merge_data(self, namespace: str, name: str, data: dict[str, str | None]) -> None:
+        """Add keys to a ConfigMap (created on first use), and remove those whose value is
+        None; other keys are left alone (a JSON merge patch: no lost updates between workers)."""
         body = {"data": data}
         try:
             self._call(
@@ -230,7 +296,7 @@ class Kube:
                 "namespace": namespace,
                 "labels": {naming.LABEL_MANAGED_BY: naming.MANAGER},
             },
-            "data": data,
+            "data": {k: v for k, v in data.items() if v is not None},
         }
         if not self.create(created):
             self.merge_data(namespace, name, data)

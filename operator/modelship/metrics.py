@@ -1,8 +1,13 @@
-"""The operator's own Prometheus metrics, served on their own port (MODELSHIP_METRICS_PORT)."""
+"""The operator's own endpoints: Prometheus metrics (MODELSHIP_METRICS_PORT) and the liveness
+check (MODELSHIP_HEALTH_PORT, ``/healthz``), each on its own port and thread."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import Counter as Tally
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -100,3 +105,54 @@ class OperatorMetrics:
     def serve(self, port: int) -> None:
         if port:
             start_http_server(port, registry=self.registry)
+
+
+log = logging.getLogger(__name__)
+
+
+class Liveness:
+    """What ``GET /healthz`` answers: 200 while the operator works or stands by for the
+    leadership, 503 with the reason once it should be restarted (the controller's verdict)."""
+
+    def __init__(self) -> None:
+        self._check: Callable[[], str | None] = lambda: None
+
+    def attach(self, check: Callable[[], str | None]) -> None:
+        self._check = check
+
+    def problem(self) -> str | None:
+        return self._check()
+
+    def serve(self, port: int, host: str = "") -> ThreadingHTTPServer | None:
+        if not port:
+            return None
+        liveness = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/healthz":
+                    self._answer(404, "not found: GET /healthz\n")
+                    return
+                problem = liveness.problem()
+                self._answer(503 if problem else 200, f"{problem}\n" if problem else "ok\n")
+
+            def _answer(self, code: int, text: str) -> None:
+                body = text.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                if len(args) < 2 or str(args[1]) != "200":  # probes come often: failures only
+                    log.warning("healthz: %s", format % args)
+
+        try:
+            server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as e:  # the probe then fails and says so; the operator still works
+            log.error("cannot serve /healthz on port %d: %s", port, e)
+            return None
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
+        return server

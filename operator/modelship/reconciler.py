@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ from modelship.api.v1alpha1 import (
     ModelDeploymentSpec,
     Phase,
 )
-from modelship.domain import desired, health, naming, pod_faults
+from modelship.domain import artifact_index, desired, health, naming, pod_faults
 from modelship.domain.analysis import Accumulator, judge, parse_metrics
 from modelship.domain.lifecycle import (
     Action,
@@ -37,11 +38,17 @@ from modelship.domain.lifecycle import (
 from modelship.domain.observation import (
     Artifact,
     BuildObservation,
+    BuildState,
+    Fault,
     Observation,
     Problem,
     ReleaseObservation,
     RolloutObservation,
+    Scope,
+    controller_uid,
     legacy_template_hash,
+    name_conflict,
+    owned_by_model_deployment,
     parse_build,
     parse_rollout,
 )
@@ -52,10 +59,11 @@ from modelship.domain.status import (
     CONDITION_TYPES,
     changed,
     compute,
+    faulted,
     merge_conditions,
     state_from_status,
 )
-from modelship.kube import Kube
+from modelship.kube import Kube, KubeError
 from modelship.metrics import OperatorMetrics
 from modelship.scrape import MetricsReader, PodScraper, Target
 
@@ -83,6 +91,38 @@ class _AnalysisWindow:
     """The last scrape: the next verdict is due an interval later."""
 
 
+RETRY_NOTE = "retried with backoff, and at once when the spec changes"
+
+
+@dataclass
+class _Backoff:
+    """Faults of requests that failed for good at one generation: they are not sent again
+    before ``due`` (doubling from POLL_SECONDS to RESYNC_SECONDS), unless the spec changes."""
+
+    generation: int = 0
+    attempts: int = 0
+    due: float = 0.0
+    faults: tuple[Fault, ...] = ()
+
+    def waiting(self, generation: int, moment: float) -> tuple[Fault, ...]:
+        if self.faults and generation == self.generation and moment < self.due:
+            return self.faults
+        return ()
+
+    def settle(
+        self, generation: int, faults: list[Fault], moment: float, settings: Settings
+    ) -> None:
+        """Record the outcome of an attempt; a successful one (or a new spec) starts over."""
+        if not faults:
+            if not self.waiting(generation, moment):
+                self.attempts, self.faults = 0, ()
+            return
+        self.attempts = self.attempts + 1 if generation == self.generation else 1
+        delay = settings.poll_seconds * 2 ** (self.attempts - 1)
+        self.generation, self.faults = generation, tuple(faults)
+        self.due = moment + min(delay, max(settings.resync_seconds, settings.poll_seconds))
+
+
 @dataclass
 class _Memory:
     """What this process last wrote, so unchanged state costs no API call (see docs)."""
@@ -91,6 +131,12 @@ class _Memory:
     hashes: dict[str, str | None] = field(default_factory=dict)
     """Applied hash by ``Kind/name``."""
     analysis: _AnalysisWindow | None = None
+    acting: _Backoff = field(default_factory=_Backoff)
+    """Writes the API server refused for good (see :class:`Fault`)."""
+    reading: _Backoff = field(default_factory=_Backoff)
+    """Reads it refused for good: then nothing can be decided, so nothing is done."""
+    status_error: str | None = None
+    """The last refused status write, reported once as an Event."""
 
 
 class Reconciler:
@@ -100,12 +146,16 @@ class Reconciler:
         settings: Settings,
         metrics: OperatorMetrics,
         metrics_reader: MetricsReader | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.metrics = metrics
         self.metrics_reader = metrics_reader or PodScraper()
+        self.clock = clock
+        """Monotonic seconds, for the backoff of refused requests."""
         self.store = settings.artifact_store()
+        self.build_policy = settings.build_policy()
         self._memory: dict[str, _Memory] = {}
 
     # -- memory of our own writes, invalidated by watch events on the children ------------
@@ -144,15 +194,69 @@ class Reconciler:
             spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
         except ValidationError as e:
             return self._invalid(owner, generation, previous, memory, e)
-        target = build_target(spec, self.store)
+        # Each namespace builds into, and serves from, its own part of the store.
+        store = self.store.for_namespace(owner.namespace)
+        target = build_target(spec, store, self.build_policy)
         before = state_from_status(previous)
         annotations = meta.get("annotations") or {}
-        obs = self._observe(owner, generation, spec, target, before, annotations, memory)
-        state, actions = step(before, obs, spec)
-        writes = self._act(owner, spec, target, obs, actions, memory)
+        if memory.reading.waiting(generation, self.clock()):
+            return Outcome(before.phase, max(1.0, memory.reading.due - self.clock()))
+        try:
+            obs = self._observe(owner, generation, spec, target, before, annotations, memory)
+        except KubeError as e:
+            if not e.permanent:
+                raise
+            return self._unobservable(owner, generation, previous, before, memory, e)
+        memory.reading.settle(generation, [], self.clock(), self.settings)
+        state, writes = self._decide_and_act(owner, spec, target, before, obs, memory)
         status = compute(state, obs, previous, owner, spec.serving.grpc, format_time(now()))
         writes += self._write_status(owner, previous, status, memory)
         return Outcome(state.phase, self._requeue_after(state, spec), writes)
+
+    def _decide_and_act(
+        self,
+        owner: naming.Owner,
+        spec: ModelDeploymentSpec,
+        target: BuildTarget,
+        before: State,
+        obs: Observation,
+        memory: _Memory,
+    ) -> tuple[State, int]:
+        """Step, act, and when acting failed for good, step again knowing it: the status and
+        the Events then say what failed, and nothing in its scope is claimed done."""
+        waiting = memory.acting.waiting(obs.generation, self.clock())
+        obs = replace(obs, faults=obs.faults + waiting)
+        state, actions = step(before, obs, spec)
+        writes, faults = self._act(owner, spec, target, obs, actions, memory)
+        memory.acting.settle(obs.generation, faults, self.clock(), self.settings)
+        if faults:
+            state, actions = step(before, replace(obs, faults=obs.faults + tuple(faults)), spec)
+        for action in actions:
+            if isinstance(action, Emit):
+                self.kube.post_event(owner, action.type, action.reason, action.message, "modelship")
+                writes += 1
+        return state, writes
+
+    def _unobservable(
+        self,
+        owner: naming.Owner,
+        generation: int,
+        previous: dict[str, Any],
+        before: State,
+        memory: _Memory,
+        error: KubeError,
+    ) -> Outcome:
+        """A read refused for good (403, ...): nothing can be decided; say so and back off."""
+        message = f"{error}; {RETRY_NOTE}"
+        memory.reading.settle(
+            generation, [Fault(Scope.SERVING, error.reason, message)], self.clock(),
+            self.settings,
+        )  # fmt: skip
+        if (before.phase, before.reason, before.message) != (Phase.DEGRADED, error.reason, message):
+            self.kube.post_event(owner, "Warning", error.reason, message, "modelship")
+        status = faulted(previous, generation, error.reason, message, format_time(now()))
+        self._write_status(owner, previous, status, memory)
+        return Outcome(Phase.DEGRADED, max(1.0, memory.reading.due - self.clock()))
 
     def _requeue_after(self, state: State, spec: ModelDeploymentSpec) -> float:
         canary = state.canary
@@ -205,16 +309,23 @@ class Reconciler:
     ) -> Observation:
         ns, moment = owner.namespace, now()
         deployments = self.kube.list("Deployment", ns, {naming.LABEL_DEPLOYMENT: owner.name})
-        revisions = [parse_rollout(d) for d in deployments]
+        # One with our labels that we do not control is not ours to scale or delete.
+        revisions = [parse_rollout(d) for d in deployments if controller_uid(d) == owner.uid]
         stored: Artifact | None = None
         build = BuildObservation()
+        faults: list[Fault] = []
         if not any(r.artifact is not None and r.request_key == target.request_key
                    for r in revisions):  # fmt: skip
             index = self.kube.get("ConfigMap", ns, naming.INDEX_CONFIGMAP) or {}
+            if index and not artifact_index.is_ours(index):
+                faults.append(name_conflict(Scope.INDEX, index, INDEX_FIX))
+                index = {}
             entry = (index.get("data") or {}).get(target.index_key)
             stored = Artifact.from_json(entry) if entry else None
+            if stored is not None and not target.in_store(stored.digest, stored.uri):
+                stored = None  # not in this namespace's part of the store: build it here
             if stored is None:
-                build = self._observe_build(owner, target)
+                build = self._observe_build(owner, target, faults)
         problems: list[Problem] = []
         for r in revisions:
             problems += health.rollout_problems(r, r.name)
@@ -248,7 +359,9 @@ class Reconciler:
             annotations=manual,
             analysis=verdict,
         )
-        return Observation(generation, target, stored, build, release, tuple(problems))
+        return Observation(
+            generation, target, stored, build, release, tuple(problems), tuple(faults)
+        )
 
     @staticmethod
     def _analysis_window(
@@ -317,9 +430,16 @@ class Reconciler:
             window.since = moment
         return result
 
-    def _observe_build(self, owner: naming.Owner, target: BuildTarget) -> BuildObservation:
+    def _observe_build(
+        self, owner: naming.Owner, target: BuildTarget, faults: list[Fault]
+    ) -> BuildObservation:
+        if target.refusal is not None:  # the operator's settings forbid this build
+            return BuildObservation(BuildState.FAILED, target.job_name, message=target.refusal)
         job = self.kube.get("Job", owner.namespace, target.job_name)
         if job is None:
+            return BuildObservation()
+        if not owned_by_model_deployment(job):
+            faults.append(name_conflict(Scope.BUILD, job, JOB_FIX))
             return BuildObservation()
         # Finished: the result is in a pod's termination message. Running: a pod that cannot
         # start (unschedulable, image pull) says why, and the status must say it too.
@@ -328,10 +448,7 @@ class Reconciler:
         )
         pinned = None
         if target.pinned_digest:
-            pinned = Artifact(
-                target.pinned_digest,
-                f"{self.store.uri.rstrip('/')}/{naming.hex_of(target.pinned_digest)}",
-            )
+            pinned = Artifact(target.pinned_digest, target.artifact_uri(target.pinned_digest))
         return parse_build(job, pods, owner.uid, pinned)
 
     # -- acting -----------------------------------------------------------------------------
@@ -344,35 +461,93 @@ class Reconciler:
         obs: Observation,
         actions: list[Action],
         memory: _Memory,
-    ) -> int:
-        writes = 0
+    ) -> tuple[int, list[Fault]]:
+        """Carry out every action but the Events (posted once the outcome is known); what the
+        API server refuses for good becomes a fault, what may pass later is raised."""
+        writes, faults = 0, []
         for action in actions:
-            if isinstance(action, StartBuild):
-                self.kube.create(desired.build_job(spec, target, owner, self.settings))
-                writes += 1
-            elif isinstance(action, AdoptBuild):
-                self.kube.add_owner(
-                    "Job", owner.namespace, target.job_name, owner.reference(controller=False)
-                )
-                writes += 1
-            elif isinstance(action, RecordArtifact):
-                writes += self._record(owner, target, action)
-            elif isinstance(action, EnsureServing):
-                writes += self._ensure_serving(owner, spec, obs, action.plan, memory)
-            elif isinstance(action, Emit):
-                self.kube.post_event(owner, action.type, action.reason, action.message, "modelship")
-                writes += 1
-        return writes
+            fault: Fault | None = None
+            try:
+                if isinstance(action, StartBuild | AdoptBuild):
+                    # Before its pod can start: the build pod's NetworkPolicy.
+                    policy = desired.build_network_policy(spec, target, owner, self.settings)
+                    fault = self._not_ours(owner, policy, Scope.BUILD)
+                    if fault is None:
+                        self.kube.apply(policy)
+                        writes += 1
+                if fault is not None:
+                    pass  # no build pod without the policy that bounds it
+                elif isinstance(action, StartBuild):
+                    self.kube.create(desired.build_job(spec, target, owner, self.settings))
+                    writes += 1
+                elif isinstance(action, AdoptBuild):
+                    self.kube.add_owner(
+                        "Job", owner.namespace, target.job_name, owner.reference(controller=False)
+                    )
+                    writes += 1
+                elif isinstance(action, RecordArtifact):
+                    done, fault = self._record(owner, target, action)
+                    writes += done
+                elif isinstance(action, EnsureServing):
+                    done, fault = self._ensure_serving(owner, spec, obs, action.plan, memory)
+                    writes += done
+            except KubeError as e:
+                if not e.permanent:
+                    raise
+                fault = Fault(_scope_of(action), e.reason, f"{e}; {RETRY_NOTE}")
+            if fault is not None:
+                log.warning("%s/%s: %s", owner.namespace, owner.name, fault.message)
+                faults.append(fault)
+        return writes, faults
 
-    def _record(self, owner: naming.Owner, target: BuildTarget, action: RecordArtifact) -> int:
-        entry = action.artifact.to_json()
-        data = {
-            naming.index_key_for_digest(action.artifact.digest): entry,
-            target.index_key: entry,
-        }
-        self.kube.merge_data(owner.namespace, naming.INDEX_CONFIGMAP, data)
+    def _not_ours(self, owner: naming.Owner, obj: dict[str, Any], scope: Scope) -> Fault | None:
+        """The conflict when an object of ``obj``'s name exists that we do not control."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        current = self.kube.get(kind, owner.namespace, name)
+        if current is None or controller_uid(current) == owner.uid:
+            return None
+        return name_conflict(
+            scope, current, f"delete that {kind}, or give the ModelDeployment another name"
+        )
+
+    def _record(
+        self, owner: naming.Owner, target: BuildTarget, action: RecordArtifact
+    ) -> tuple[int, Fault | None]:
+        """Add the artifact to the index, evicting the oldest unused records to keep it bounded."""
+        ns, name = owner.namespace, naming.INDEX_CONFIGMAP
+        adding = artifact_index.record(action.artifact, target.index_key, format_time(now()))
+        current = self.kube.get("ConfigMap", ns, name)
+        if current is not None and not artifact_index.is_ours(current):
+            return 0, name_conflict(Scope.INDEX, current, INDEX_FIX)
+        data: dict[str, str] = (current or {}).get("data") or {}
+        patch: dict[str, str | None] = dict(adding)
+        if artifact_index.needs_room(data, adding):
+            ours = self.kube.list("Deployment", ns, {naming.LABEL_MANAGED_BY: naming.MANAGER})
+            served = {a.digest for d in ours if (a := parse_rollout(d).artifact) is not None}
+            evict = artifact_index.evictions(data, adding, served)
+            if evict is None:
+                return 0, Fault(
+                    Scope.INDEX,
+                    "ArtifactIndexFull",
+                    f"the artifact index ConfigMap {ns}/{name} is full ({len(data)} keys) and "
+                    "every artifact in it is served: delete ModelDeployments (or their old "
+                    f"revisions) you no longer need; {RETRY_NOTE}",
+                )
+            log.info("evicting %d old records from the index %s/%s", len(evict), ns, name)
+            patch |= dict.fromkeys(evict)
+        try:
+            self.kube.merge_data(ns, name, patch)
+        except KubeError as e:
+            if e.status not in (413, 422):
+                raise
+            return 0, Fault(
+                Scope.INDEX,
+                "ArtifactIndexFull",
+                f"the API server refused to grow the artifact index ConfigMap {ns}/{name}: "
+                f"{e.detail}; delete keys of artifacts you no longer need from it; {RETRY_NOTE}",
+            )
         self.metrics.observe_build("succeeded", action.duration_seconds)
-        return 1
+        return 1, None
 
     def _ensure_serving(
         self,
@@ -381,31 +556,44 @@ class Reconciler:
         obs: Observation,
         plan: ServingPlan,
         memory: _Memory,
-    ) -> int:
-        """Apply each serving child whose desired content differs from what is there."""
-        wanted = desired.serving_objects(spec, owner, plan, self.settings, format_time(now()))
+    ) -> tuple[int, Fault | None]:
+        """Apply each serving child whose desired content differs from what is there; nothing
+        at all while a name it needs belongs to someone else (first conflict reported)."""
+        try:
+            wanted = desired.serving_objects(spec, owner, plan, self.settings, format_time(now()))
+        except desired.ArtifactLocationError as e:
+            return 0, Fault(Scope.SERVING, "ArtifactLocationInvalid", str(e))
         ns = owner.namespace
         seen = {r.name: r for r in obs.release.revisions if r.exists}
-        writes = 0
+        changes: list[dict[str, Any]] = []
         for obj in wanted.apply:
             kind, name = obj["kind"], obj["metadata"]["name"]
             key, want = f"{kind}/{name}", desired.applied_hash(obj)
             if memory.hashes.get(key) == want:
                 continue
-            if kind == "Deployment":  # every revision's Deployment was read by _observe
-                have = seen[name].applied_hash if name in seen else None
+            if kind == "Deployment" and name in seen:  # ours, read by _observe
+                have = seen[name].applied_hash
             else:
-                have = desired.applied_hash(self.kube.get(kind, ns, name))
-            if have != want:
-                self.kube.apply(obj)
-                writes += 1
-            memory.hashes[key] = want
+                current = self.kube.get(kind, ns, name)
+                if current is not None and controller_uid(current) != owner.uid:
+                    fix = f"delete that {kind}, or give the ModelDeployment another name"
+                    return 0, name_conflict(Scope.SERVING, current, fix)
+                have = desired.applied_hash(current)
+            if have == want:
+                memory.hashes[key] = want
+            else:
+                changes.append(obj)
+        writes = 0
+        for obj in changes:
+            self.kube.apply(obj)
+            memory.hashes[f"{obj['kind']}/{obj['metadata']['name']}"] = desired.applied_hash(obj)
+            writes += 1
         for scale in wanted.scale:
-            current = seen.get(scale.name)
-            if current is None:
+            current_rollout = seen.get(scale.name)
+            if current_rollout is None:
                 continue
             stamp = scale.annotations.get(naming.ANNOTATION_RETIRED_AT)
-            if current.desired != scale.replicas or current.retired_at != stamp:
+            if current_rollout.desired != scale.replicas or current_rollout.retired_at != stamp:
                 self.kube.scale(ns, scale.name, scale.replicas, scale.annotations)
                 # Not what its applied hash says any more: a later apply must write it again.
                 memory.hashes.pop(f"Deployment/{scale.name}", None)
@@ -416,13 +604,14 @@ class Reconciler:
                 present = name in seen
             elif key in memory.hashes and memory.hashes[key] is None:
                 present = False
-            else:
-                present = self.kube.get(kind, ns, name) is not None
+            else:  # one we do not control is not ours to delete (nor in our way)
+                found = self.kube.get(kind, ns, name)
+                present = found is not None and controller_uid(found) == owner.uid
             if present:
                 self.kube.delete(kind, ns, name)
                 writes += 1
             memory.hashes[key] = None
-        return writes
+        return writes, None
 
     def _write_status(
         self,
@@ -435,9 +624,33 @@ class Reconciler:
             memory.status is not None and not changed(memory.status, status)
         ):
             return 0
-        self.kube.patch_status(owner.namespace, owner.name, status)
-        memory.status = status
+        try:
+            self.kube.patch_status(owner.namespace, owner.name, status)
+        except KubeError as e:
+            # The status cannot say it; an Event can (once), and the controller backs off.
+            if e.permanent and memory.status_error != str(e):
+                memory.status_error = str(e)
+                self.kube.post_event(owner, "Warning", "StatusRejected", str(e), "modelship")
+            raise
+        memory.status, memory.status_error = status, None
         return 1
+
+
+INDEX_FIX = (
+    "the operator keeps its artifact index under this name: rename or delete that ConfigMap"
+)
+JOB_FIX = (
+    "its name is the build's (from the artifact digest): delete that Job, or change "
+    "spec.model or spec.optimization so the build gets another name"
+)
+
+
+def _scope_of(action: Action) -> Scope:
+    if isinstance(action, StartBuild | AdoptBuild):
+        return Scope.BUILD
+    if isinstance(action, RecordArtifact):
+        return Scope.INDEX
+    return Scope.SERVING
 
 
 def _targets(pods: list[dict[str, Any]], canary: str, stable: str) -> list[Target]:

@@ -8,6 +8,7 @@ directories are not packages.)"""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -56,26 +57,71 @@ def test_installed_rbac_grants_what_rbac_py_declares(cluster: Any, namespace: st
     try:
         account = f"system:serviceaccount:{namespace}:{release}-operator"
 
-        def can(verb: str, resource: str, where: str = namespace) -> bool:
-            kind, _, subresource = resource.partition("/")
-            args = ["auth", "can-i", verb, kind, f"--as={account}", "-n", where]
-            if subresource:
-                args.append(f"--subresource={subresource}")
-            return str(cluster.kubectl(*args, check=False).stdout).strip() == "yes"
-
-        for rule in rbac.RULES:
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    plural, slash, subresource = resource.partition("/")
-                    kind = f"{plural}.{group}{slash}{subresource}" if group else resource
-                    for verb in rule["verbs"]:
-                        assert can(verb, kind), f"{account} cannot {verb} {kind}"
-                        assert can(verb, kind, "elsewhere"), f"{verb} {kind} is not cluster-wide"
+        can = _can(cluster, account, namespace)
+        _assert_grants(can, account, namespace)
+        _assert_grants(can, account, "elsewhere")  # cluster-wide
         assert not can("delete", "services")
         assert not can("update", "modeldeployments.modelship.io")
         assert not can("get", "secrets")
+        assert not can("get", "configmaps/kube-root-ca.crt"), "only the index ConfigMap"
     finally:
         cluster.kubectl("delete", "-f", "-", "--wait=false", input=manifest, check=False)
+
+
+def test_watched_namespaces_are_granted_there_and_nowhere_else(
+    cluster: Any, namespace: str
+) -> None:
+    release = f"ms-{uuid.uuid4().hex[:8]}"
+    values = values_for(namespace, fullnameOverride=release, watchNamespaces=[namespace])
+    manifest = template_text(values, namespace=namespace)
+    cluster.kubectl("apply", "-f", "-", input=manifest)
+    try:
+        account = f"system:serviceaccount:{namespace}:{release}-operator"
+        can = _can(cluster, account, namespace)
+        _assert_grants(can, account, namespace)
+        for rule in rbac.RULES:
+            for verb in rule["verbs"]:
+                resource = _resources(rule)[0]
+                assert not can(verb, resource, "default"), f"{verb} {resource} outside"
+        assert not can("list", "namespaces")
+        assert not can("list", "customresourcedefinitions.apiextensions.k8s.io")
+    finally:
+        cluster.kubectl("delete", "-f", "-", "--wait=false", input=manifest, check=False)
+
+
+Can = Callable[..., bool]
+
+
+def _can(cluster: Any, account: str, namespace: str) -> Can:
+    def can(verb: str, resource: str, where: str = namespace) -> bool:
+        target, _, subresource = resource.partition("/")
+        if target == "configmaps":  # configmaps/NAME names one, it is not a subresource
+            target, subresource = resource, ""
+        args = ["auth", "can-i", verb, target, f"--as={account}", "-n", where]
+        if subresource:
+            args.append(f"--subresource={subresource}")
+        return str(cluster.kubectl(*args, check=False).stdout).strip() == "yes"
+
+    return can
+
+
+def _resources(rule: dict[str, Any]) -> list[str]:
+    """``can``'s spelling of a rule's resources (``kind.group[/sub]``, ``configmaps/name``)."""
+    out = []
+    for group in rule["apiGroups"]:
+        for resource in rule["resources"]:
+            plural, slash, subresource = resource.partition("/")
+            kind = f"{plural}.{group}{slash}{subresource}" if group else resource
+            for name in rule.get("resourceNames") or [""]:
+                out.append(f"{kind}/{name}" if name else kind)
+    return out
+
+
+def _assert_grants(can: Can, account: str, where: str) -> None:
+    for rule in rbac.RULES:
+        for resource in _resources(rule):
+            for verb in rule["verbs"]:
+                assert can(verb, resource, where), f"{account} cannot {verb} {resource} in {where}"
 
 
 def test_notes_tell_what_to_do_next(cluster: Any, namespace: str) -> None:

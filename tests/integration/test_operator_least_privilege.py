@@ -1,4 +1,6 @@
-"""The operator works with exactly the permissions of deploy/rbac.yaml (a ServiceAccount token)."""
+"""The operator works with exactly the permissions it is given (a ServiceAccount's token):
+cluster-wide those of deploy/rbac.yaml, and watching one namespace those the chart renders for
+``watchNamespaces``, which hold nothing cluster-wide."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from test_operator_reconcile import (
     result_json,
 )
 
+from chart_helpers import template_text
 from polling import wait_for
 
 pytestmark = [
@@ -27,12 +30,18 @@ ROOT = Path(__file__).resolve().parents[2]
 RBAC = ROOT / "deploy" / "rbac.yaml"
 
 
-def token_kubeconfig(cluster: Any, tmp_path: Path) -> Path:
-    """A kubeconfig that authenticates as the operator's ServiceAccount and nothing else."""
-    cluster.kubectl("create", "namespace", "modelship-system", check=False)
-    cluster.kubectl("apply", "-f", str(RBAC))
+def token_kubeconfig(
+    cluster: Any, tmp_path: Path, manifest: str | None = None, where: str = "modelship-system"
+) -> Path:
+    """A kubeconfig that authenticates as the operator's ServiceAccount (in ``where``, with the
+    RBAC of ``manifest``, default deploy/rbac.yaml) and nothing else."""
+    cluster.kubectl("create", "namespace", where, check=False)
+    if manifest is None:
+        cluster.kubectl("apply", "-f", str(RBAC))
+    else:
+        cluster.kubectl("apply", "-f", "-", input=manifest)
     token = cluster.kubectl(
-        "create", "token", "modelship-operator", "-n", "modelship-system", "--duration=1h"
+        "create", "token", "modelship-operator", "-n", where, "--duration=1h"
     ).stdout.strip()
     admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
     cluster_entry = admin["clusters"][0]
@@ -82,6 +91,11 @@ def test_operator_runs_under_its_cluster_role_only(
         "MODELSHIP_LEADER_ELECTION_NAMESPACE": "modelship-system",
     }
     op = Operator(kubeconfig, namespace, tmp_path / "operator.log", **election).start()
+    run_the_whole_path(kube, op)
+
+
+def run_the_whole_path(kube: Kube, op: Operator) -> None:
+    """Build, record, serve (with a PDB), post Events, answer /healthz: every permission used."""
     try:
         kube.apply_mdep("least", model_spec(scaling={"minReplicas": 2, "maxReplicas": 3}))
         job = only_job(kube)
@@ -91,7 +105,12 @@ def test_operator_runs_under_its_cluster_role_only(
         )
         wait_for(lambda: kube.phase("least") == "Deploying", "phase Deploying")
         wait_for(lambda: "BuildSucceeded" in kube.events("least"), "events")
-        kube.core.read_namespaced_config_map("modelship-artifacts", namespace)
+        kube.core.read_namespaced_config_map("modelship-artifacts", kube.ns)
+        assert wait_for(lambda: op.healthz()[0], "/healthz") == 200
+        assert op.healthz() == (200, "ok\n")
+    except AssertionError as e:
+        op.stop()
+        raise AssertionError(f"{e}\n--- operator log ---\n{op.log()}") from None
     finally:
         op.stop()
     log = op.log()
@@ -99,3 +118,45 @@ def test_operator_runs_under_its_cluster_role_only(
     assert "released the lease" in log, log
     assert "Forbidden" not in log, log
     assert " 403" not in log, log
+    assert "Not enough permissions" not in log, log  # kopf's fallbacks when it cannot scan
+
+
+def test_operator_watching_one_namespace_runs_under_namespaced_roles_only(
+    cluster: Any, namespace: str, tmp_path: Path, kube_api: Any
+) -> None:
+    # The chart as installed with watchNamespaces: its own namespace for the operator (and the
+    # Lease), so no ServiceAccount of another test's cluster-wide binding is involved.
+    home = f"{namespace}-op"
+    values = {"watchNamespaces": [namespace], "store": {"pvc": {"create": False}}}
+    rbac_only = [
+        obj
+        for obj in yaml.safe_load_all(template_text(values, namespace=home))
+        if obj and obj["kind"] in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                                   "ClusterRoleBinding")
+    ]  # fmt: skip
+    assert not [o for o in rbac_only if o["kind"].startswith("Cluster")], "nothing cluster-wide"
+    kubeconfig = token_kubeconfig(cluster, tmp_path, yaml.safe_dump_all(rbac_only), home)
+    try:
+        account = f"--as=system:serviceaccount:{home}:modelship-operator"
+
+        def can(*args: str) -> bool:
+            result = cluster.kubectl("auth", "can-i", *args, account, check=False)
+            return str(result.stdout).strip() == "yes"
+
+        assert can("create", "deployments", "-n", namespace)
+        assert not can("create", "deployments", "-n", "default"), "only the watched namespace"
+        assert not can("list", "modeldeployments.modelship.io", "--all-namespaces")
+        assert not can("list", "namespaces")
+        assert not can("list", "customresourcedefinitions.apiextensions.k8s.io")
+        assert can("patch", "configmaps/modelship-artifacts", "-n", namespace)
+        assert not can("patch", "configmaps/kube-root-ca.crt", "-n", namespace)
+        assert can("create", "configmaps", "-n", namespace)  # cannot be limited to a name
+        assert not can("get", "secrets", "-n", namespace)
+        election = {
+            "MODELSHIP_LEADER_ELECTION": "true",
+            "MODELSHIP_LEADER_ELECTION_NAMESPACE": home,
+        }
+        op = Operator(kubeconfig, namespace, tmp_path / "operator.log", **election).start()
+        run_the_whole_path(Kube(kube_api, namespace), op)
+    finally:
+        cluster.kubectl("delete", "namespace", home, "--wait=false", check=False)

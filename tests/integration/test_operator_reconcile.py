@@ -42,6 +42,7 @@ class Operator:
     def __init__(self, kubeconfig: Path, namespace: str, log: Path, **env: str) -> None:
         self.log_path = log
         self.metrics_port = free_port()
+        self.health_port = free_port()
         self.env = (
             os.environ
             | {
@@ -51,6 +52,7 @@ class Operator:
                 "MODELSHIP_RESYNC_SECONDS": "30",
                 "MODELSHIP_BUILD_BACKOFF_LIMIT": "0",
                 "MODELSHIP_METRICS_PORT": str(self.metrics_port),
+                "MODELSHIP_HEALTH_PORT": str(self.health_port),
                 "MODELSHIP_LOG_LEVEL": "INFO",
             }
             | env
@@ -83,6 +85,19 @@ class Operator:
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
             return str(r.read().decode())
+
+    def healthz(self) -> tuple[int, str]:
+        """GET /healthz as the kubelet's liveness probe would (0: not answering yet)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz") as r:
+                return int(r.status), str(r.read().decode())
+        except urllib.error.HTTPError as e:
+            return int(e.code), str(e.read().decode())
+        except OSError:
+            return 0, ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -117,6 +132,7 @@ class Kube:
         self.batch = client.BatchV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
         self.policy = client.PolicyV1Api(api)
+        self.networking = client.NetworkingV1Api(api)
         self.api = api
 
     def apply_mdep(self, name: str, spec: dict[str, Any]) -> None:
@@ -237,6 +253,33 @@ def model_spec(**extra: Any) -> dict[str, Any]:
     return {"model": {"uri": "s3://models/minilm/model.onnx", "sha256": SHA}} | extra
 
 
+def seed_index(kube: Kube, data: dict[str, str]) -> None:
+    """The artifact index as the operator writes it (it trusts only one with its label)."""
+    meta = {"name": "modelship-artifacts", "labels": {"app.kubernetes.io/managed-by": "modelship"}}
+    kube.core.create_namespaced_config_map(kube.ns, {"metadata": meta, "data": data})
+
+
+def build_target_of(kube: Kube, spec: dict[str, Any]) -> Any:
+    """The build target the operator computes for ``spec`` in the test's namespace."""
+    from modelship.api.v1alpha1 import ModelDeploymentSpec
+    from modelship.domain.plan import build_target
+    from modelship.domain.settings import Settings
+
+    store = Settings(store_pvc="modelship-artifacts").artifact_store().for_namespace(kube.ns)
+    return build_target(ModelDeploymentSpec.model_validate(spec), store)
+
+
+def seed_artifact(kube: Kube) -> str:
+    """Index the artifact of ``model_spec()`` where the operator's own build would have put it,
+    so a ModelDeployment of it skips the build."""
+    target = build_target_of(kube, model_spec())
+    digest = target.pinned_digest
+    assert digest is not None
+    entry = json.dumps({"digest": digest, "uri": target.artifact_uri(digest), "variant": "fp32"})
+    seed_index(kube, {target.index_key: entry})
+    return str(digest)
+
+
 def only_job(kube: Kube) -> Any:
     jobs = wait_for(kube.jobs, "a build Job")
     assert len(jobs) == 1, [j.metadata.name for j in jobs]
@@ -259,8 +302,14 @@ def test_apply_builds_then_serves_with_the_expected_children(
         "sha256": SHA,
         "allowPickle": False,
     }
-    assert plan["store"]["uri"] == "file:///artifacts"
+    assert plan["store"]["uri"] == f"file:///artifacts/{kube.ns}", "the namespace's own part"
     assert job.spec.template.spec.automount_service_account_token is False
+    assert [c.name for c in job.spec.template.spec.init_containers] == ["fetch", "convert"]
+    policy = kube.networking.read_namespaced_network_policy("sentiment-build", kube.ns)
+    selector = policy.spec.pod_selector.match_labels
+    assert selector.items() <= job.spec.template.metadata.labels.items()
+    assert policy.spec.policy_types == ["Ingress", "Egress"]
+    assert policy.metadata.owner_references[0].kind == "ModelDeployment"
     assert job.spec.template.spec.security_context.run_as_non_root is True
     assert job.metadata.owner_references[0].kind == "ModelDeployment"
     wait_for(lambda: kube.phase("sentiment") == "Building", "phase Building")
@@ -367,21 +416,7 @@ def test_build_failure_is_degraded_with_the_builders_reason(
 def test_digest_already_in_the_store_creates_no_job(
     kube: Kube, start_operator: Callable[..., Operator]
 ) -> None:
-    from modelship.api.artifact import ArtifactStore, BuildPlan
-    from modelship.api.v1alpha1 import ModelSource
-
-    plan = BuildPlan(
-        source=ModelSource.model_validate(model_spec()["model"]),
-        store=ArtifactStore(uri="file:///artifacts"),
-    )
-    digest = plan.pinned_digest
-    assert digest is not None
-    hex_ = digest.split(":")[1]
-    entry = json.dumps({"digest": digest, "uri": f"file:///artifacts/{hex_}", "variant": "fp32"})
-    kube.core.create_namespaced_config_map(
-        kube.ns,
-        {"metadata": {"name": "modelship-artifacts"}, "data": {f"sha256-{hex_}": entry}},
-    )
+    digest = seed_artifact(kube)
     start_operator()
     kube.apply_mdep("cached", model_spec())
     dep = wait_for(lambda: kube.serving("cached"), "Deployment")
@@ -631,3 +666,110 @@ def test_an_unschedulable_builder_pod_is_reported_in_the_status(
     assert "Insufficient cpu" in ready["message"]
     assert kube.phase("stuck") == "Building"
     wait_for(lambda: "BuildUnschedulable" in kube.events("stuck"), "a Warning event")
+
+
+def test_objects_of_our_names_that_we_do_not_own_are_reported_and_left_alone(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    seed_artifact(kube)
+    theirs = kube.core.create_namespaced_service(
+        kube.ns,
+        {
+            "metadata": {"name": "taken", "labels": {"team": "web"}},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        },
+    )
+    start_operator()
+    kube.apply_mdep("taken", model_spec())
+    degraded = wait_for(
+        lambda: (c := kube.condition("taken", "Degraded")).get("reason") == "NameConflict" and c,
+        "a NameConflict condition",
+    )
+    assert degraded["status"] == "True"
+    assert f"Service {kube.ns}/taken already exists and is not owned" in degraded["message"]
+    assert "delete that Service, or give the ModelDeployment another name" in degraded["message"]
+    assert kube.phase("taken") == "Degraded"
+    wait_for(lambda: "NameConflict" in kube.events("taken"), "a NameConflict Event")
+    now = kube.core.read_namespaced_service("taken", kube.ns)
+    assert now.metadata.resource_version == theirs.metadata.resource_version, "untouched"
+    assert now.metadata.owner_references is None
+    assert now.spec.selector == {"app": "web"}
+    assert kube.deployments("taken") == [], "no serving child while a name is taken"
+    read_hpa = kube.autoscaling.read_namespaced_horizontal_pod_autoscaler
+    assert kube.get(read_hpa, "taken") is None
+
+    # Its owner removes it: the operator creates its own (within its backoff) and serves.
+    kube.core.delete_namespaced_service("taken", kube.ns)
+    wait_for(lambda: kube.serving("taken"), "the Deployment once the name is free", timeout=60)
+    svc = wait_for(lambda: kube.get(kube.core.read_namespaced_service, "taken"), "our Service")
+    assert svc.metadata.owner_references[0].kind == "ModelDeployment"
+    wait_for(
+        lambda: kube.condition("taken", "Degraded").get("status") == "False",
+        "the conflict cleared",
+    )
+
+
+def test_a_job_of_the_build_name_that_is_not_ours_is_never_adopted(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    name = build_target_of(kube, model_spec()).job_name
+    container = {"name": "c", "image": "busybox", "command": ["true"]}
+    theirs = kube.batch.create_namespaced_job(
+        kube.ns,
+        {
+            "metadata": {"name": name},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
+        },
+    )
+    start_operator()
+    kube.apply_mdep("clash", model_spec())
+    degraded = wait_for(
+        lambda: (c := kube.condition("clash", "Degraded")).get("reason") == "NameConflict" and c,
+        "a NameConflict condition",
+    )
+    assert f"Job {kube.ns}/{name} already exists" in degraded["message"]
+    assert "delete that Job" in degraded["message"]
+    job = kube.batch.read_namespaced_job(name, kube.ns)
+    assert job.metadata.owner_references is None, "never adopted"
+    assert job.metadata.resource_version == theirs.metadata.resource_version or (
+        job.metadata.labels == theirs.metadata.labels  # the job controller writes its status
+    )
+    assert [j.metadata.name for j in kube.jobs()] == [name]
+
+
+def test_a_pickle_is_refused_in_the_status_unless_the_operator_allows_pickles(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    pickled = {"model": {"uri": "s3://models/digits.joblib", "format": "sklearn",
+                         "allowPickle": True, "sha256": SHA}}  # fmt: skip
+    op = start_operator()
+    kube.apply_mdep("pickled", pickled)
+    wait_for(lambda: kube.phase("pickled") == "Degraded", "phase Degraded")
+    degraded = kube.condition("pickled", "Degraded")
+    assert degraded["reason"] == "BuildFailed"
+    assert "MODELSHIP_ALLOW_PICKLE" in degraded["message"]
+    assert kube.jobs() == [], "nothing is unpickled"
+    op.stop()
+    start_operator(MODELSHIP_ALLOW_PICKLE="true")
+    job = only_job(kube)
+    convert = job.spec.template.spec.init_containers[1]
+    assert convert.name == "convert"
+    assert not [e for e in convert.env if e.value_from is not None], "no credentials"
+
+
+def test_an_index_entry_of_another_namespaces_artifact_is_built_again(
+    kube: Kube, start_operator: Callable[..., Operator]
+) -> None:
+    """A user of this namespace may write the index: naming another namespace's artifact there
+    gets a build of this namespace's own (which must fetch the source), never that artifact."""
+    target = build_target_of(kube, model_spec())
+    digest = target.pinned_digest
+    foreign = json.dumps({"digest": digest, "uri": f"file:///artifacts/other-team/{digest[7:]}"})
+    seed_index(kube, {target.index_key: foreign})
+    start_operator()
+    kube.apply_mdep("borrowed", model_spec())
+    job = only_job(kube)
+    plan = json.loads(job.spec.template.metadata.annotations["modelship.io/plan"])
+    assert plan["store"]["uri"] == f"file:///artifacts/{kube.ns}"
+    assert kube.deployments("borrowed") == []
+

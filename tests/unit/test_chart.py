@@ -94,8 +94,18 @@ def test_default_render(monkeypatch: pytest.MonkeyPatch) -> None:
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
-    assert container["ports"] == [{"name": "metrics", "containerPort": 9095, "protocol": "TCP"}]
-    assert "livenessProbe" not in container  # the operator serves no health endpoint
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": 9095, "protocol": "TCP"},
+        {"name": "health", "containerPort": 8086, "protocol": "TCP"},
+    ]
+    # /healthz (the controller's verdict: stalled loop, hung reconcile, watch missing changes).
+    assert container["livenessProbe"] == {
+        "httpGet": {"path": "/healthz", "port": "health"},
+        "periodSeconds": 20,
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+    }
+    assert "readinessProbe" not in container  # the operator serves no traffic
     assert container["resources"]["limits"] == {"memory": "512Mi"}
 
     env = operator_env(objects)
@@ -149,7 +159,11 @@ def test_rbac_is_rbac_py_with_release_names() -> None:
     assert one(objects, "ServiceAccount")["metadata"]["namespace"] == NAMESPACE
     lease_role = one(objects, "Role")
     assert lease_role["rules"] == rbac.LEASE_RULES
-    assert lease_role["metadata"]["namespace"] == NAMESPACE
+    assert lease_role["metadata"] == {
+        "name": "modelship-operator-leader-election",
+        "namespace": NAMESPACE,
+        "labels": lease_role["metadata"]["labels"],
+    }
     assert one(objects, "RoleBinding")["roleRef"]["name"] == lease_role["metadata"]["name"]
     other = template(namespace="ops", values={"fullnameOverride": "ms2"})
     # The Lease the operator is told to use is the one the Role lets it update.
@@ -161,6 +175,45 @@ def test_rbac_is_rbac_py_with_release_names() -> None:
         "name": "ms2-operator",
         "namespace": "ops",
     }
+
+
+@slow
+def test_watched_namespaces_get_roles_and_nothing_cluster_wide() -> None:
+    # The release's own namespace may be watched too: its Role does not clash with the Lease's.
+    objects = template({"watchNamespaces": ["ml", NAMESPACE]})
+    kinds = sorted(o["kind"] for o in objects if "Role" in o["kind"])
+    assert kinds == ["Role", "Role", "Role", "RoleBinding", "RoleBinding", "RoleBinding"]
+    roles = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o["rules"]
+        for o in objects
+        if o["kind"] == "Role"
+    }
+    assert roles == {
+        ("ml", "modelship-operator"): rbac.RULES,
+        (NAMESPACE, "modelship-operator"): rbac.RULES,
+        (NAMESPACE, "modelship-operator-leader-election"): rbac.LEASE_RULES,
+    }
+    for binding in (o for o in objects if o["kind"] == "RoleBinding"):
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "modelship-operator", "namespace": NAMESPACE}
+        ]
+    # The same objects as the plain manifests for these namespaces (labels aside).
+    plain = rbac.manifests(["ml", NAMESPACE])
+    drop = lambda o: {k: v for k, v in o["metadata"].items() if k != "labels"}  # noqa: E731
+    assert sorted((o["kind"], str(drop(o))) for o in objects if o["kind"] != "Deployment"
+                  and ("Role" in o["kind"] or o["kind"] == "ServiceAccount")) == sorted(
+        (o["kind"], str(drop(o))) for o in plain
+    )  # fmt: skip
+
+
+@slow
+def test_liveness_off() -> None:
+    objects = template({"liveness": {"port": 0}})
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "livenessProbe" not in container
+    assert [p["name"] for p in container["ports"]] == ["metrics"]
+    assert operator_env(objects)["MODELSHIP_HEALTH_PORT"] == "0"
 
 
 @slow
@@ -226,7 +279,7 @@ def test_metrics_off() -> None:
     objects = template({"metrics": {"port": 0}})
     assert not [o for o in objects if o["kind"] == "Service"]
     container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert "ports" not in container
+    assert [p["name"] for p in container["ports"]] == ["health"]
     assert operator_env(objects)["MODELSHIP_METRICS_PORT"] == "0"
 
 
@@ -244,6 +297,7 @@ def test_metrics_off() -> None:
         pytest.param({"reconcile": {"concurrency": 0}}, "concurrency", id="concurrency"),
         pytest.param({"build": {"deadlineSeconds": 10}}, "deadlineSeconds", id="deadline"),
         pytest.param({"watchNamespaces": "ml"}, "watchNamespaces", id="namespaces-not-a-list"),
+        pytest.param({"liveness": {"periodSeconds": 0}}, "periodSeconds", id="probe-period"),
     ],
 )
 def test_bad_values_are_rejected(values: dict[str, Any], message: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from modelship.api.v1alpha1 import Phase
 from modelship.domain.lifecycle import AdoptBuild, EnsureServing, RecordArtifact, StartBuild
-from modelship.domain.observation import BuildObservation, BuildState, Problem
+from modelship.domain.observation import BuildObservation, BuildState, Fault, Problem, Scope
 from release_world import World, artifact, spec
 
 NEW = artifact(2, "int8-dynamic")
@@ -154,3 +154,72 @@ def test_a_build_pod_that_cannot_start_is_reported_while_building() -> None:
         ("Warning", "BuildUnschedulable")
     ]
 
+
+
+# --- faults: what the operator cannot do until a person acts ------------------------------
+
+CONFLICT = Fault(Scope.SERVING, "NameConflict", "Service ml/m already exists and is not owned")
+
+
+def test_a_serving_fault_writes_nothing_and_holds_the_release_where_it_is() -> None:
+    world = World(stored=NEW, faults=(CONFLICT,))
+    state = world.tick()
+    assert (state.phase, state.reason, state.message) == (
+        Phase.DEGRADED,
+        "NameConflict",
+        CONFLICT.message,
+    )
+    assert kinds(world) == [], "no serving write while a name we need is someone else's"
+    assert state.stable is None, "the status must not claim a revision nothing rolled out"
+    assert state.artifact == NEW, "the build is not what failed"
+    assert [(a.type, a.reason) for a in world.actions if type(a).__name__ == "Emit"] == [
+        ("Warning", "NameConflict")
+    ]
+    assert world.tick() == state
+    assert world.events() == [], "said once, not every tick"
+    world.faults = ()
+    assert world.tick().phase is Phase.DEPLOYING
+    assert kinds(world) == [EnsureServing]
+
+
+def test_a_serving_fault_keeps_a_running_revision_as_it_is() -> None:
+    world = World(stored=NEW)
+    world.tick()
+    world.settle()
+    ready = world.tick()
+    assert ready.phase is Phase.READY
+    world.spec = world.spec.model_copy(update={"replicas": 3})
+    world.faults = (Fault(Scope.SERVING, "Forbidden", "applying HPA ml/m: HTTP 403: no"),)
+    state = world.tick()
+    assert (state.phase, state.reason) == (Phase.DEGRADED, "Forbidden")
+    assert kinds(world) == []
+    assert state.stable == ready.stable
+
+
+def test_a_build_fault_creates_no_job_and_says_why() -> None:
+    fault = Fault(Scope.BUILD, "NameConflict", "Job ml/build-x already exists and is not owned")
+    world = World(faults=(fault,))
+    state = world.tick()
+    assert (state.phase, state.reason) == (Phase.DEGRADED, "NameConflict")
+    assert kinds(world) == []
+    assert "BuildStarted" not in world.events()
+    world.build = BuildObservation(BuildState.RUNNING, "build-x", owned=False)
+    world.tick()
+    assert AdoptBuild not in kinds(world), "a Job that is not ours is never adopted"
+
+
+def test_an_index_fault_still_serves_the_built_artifact() -> None:
+    world = World(
+        build=BuildObservation(BuildState.SUCCEEDED, "build-x", NEW),
+        faults=(Fault(Scope.INDEX, "ArtifactIndexFull", "the artifact index is full"),),
+    )
+    state = world.tick()
+    assert kinds(world) == [EnsureServing], "not recorded, but served"
+    assert (state.phase, state.reason) == (Phase.DEGRADED, "ArtifactIndexFull")
+    assert "BuildSucceeded" not in world.events()
+
+
+def test_several_faults_are_all_named() -> None:
+    faults = tuple(Fault(Scope.SERVING, "Forbidden", f"fault {i}") for i in range(5))
+    state = World(stored=NEW, faults=faults).tick()
+    assert state.message == "fault 0; fault 1; fault 2 (and 2 more)"

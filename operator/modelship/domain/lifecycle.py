@@ -16,6 +16,9 @@ Phases (the API's :class:`~modelship.api.v1alpha1.Phase`):
 A build failure is Degraded (the previous revision, if any, keeps serving); it is not retried
 until the spec changes or the failed Job is deleted, so a broken build cannot loop. A rolled-back
 canary is Degraded too, with the stable revision serving, until the spec changes or a retry.
+A :class:`~modelship.domain.observation.Fault` (a name taken by an object we do not own, a
+request the API server refused) is Degraded with the fault's reason, and the step plans nothing
+in the fault's scope: no build, no index write, or no serving write at all.
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from dataclasses import dataclass, replace
 
 from modelship.api.v1alpha1 import CanaryStatus, ModelDeploymentSpec, Phase, RevisionStatus
 from modelship.domain.desired import desired_replicas
-from modelship.domain.observation import STUCK_BUILD_REASONS, Artifact, BuildState, Observation
+from modelship.domain.observation import (
+    STUCK_BUILD_REASONS,
+    Artifact,
+    BuildState,
+    Observation,
+    Scope,
+)
 from modelship.domain.release import ServingPlan, release
 
 # --- actions -------------------------------------------------------------------------------
@@ -98,15 +107,22 @@ def _resolve(obs: Observation) -> tuple[Artifact | None, list[Action]]:
     return None, []
 
 
-def _next(obs: Observation, spec: ModelDeploymentSpec) -> tuple[State, list[Action]]:
+def _next(
+    before: State, obs: Observation, spec: ModelDeploymentSpec
+) -> tuple[State, list[Action]]:
     artifact, actions = _resolve(obs)
+    if obs.blocked(Scope.INDEX):
+        actions = []
     served = release(spec, artifact, obs.target.request_key, desired_replicas(spec), obs.release)
+    if obs.blocked(Scope.SERVING):
+        # Nothing is written, so the release stays where the status says it is.
+        served = replace(served, plan=None, events=(), stable=before.stable, canary=before.canary)
     if served.plan is not None:
         actions.append(EnsureServing(served.plan))
     actions += [Emit(e.type, e.reason, e.message) for e in served.events]
     if artifact is None:
         state = _while_building(obs)
-        return replace(state, stable=served.stable, canary=served.canary), actions
+        return _faulted(replace(state, stable=served.stable, canary=served.canary), obs), actions
     state = State(
         served.phase, served.reason, served.message, artifact, served.stable, served.canary
     )
@@ -115,7 +131,18 @@ def _next(obs: Observation, spec: ModelDeploymentSpec) -> tuple[State, list[Acti
         more = f" (and {len(obs.problems) - 1} more)" if len(obs.problems) > 1 else ""
         state = replace(state, phase=Phase.DEGRADED, reason=first.reason,
                         message=first.message + more)  # fmt: skip
-    return state, actions
+    return _faulted(state, obs), actions
+
+
+def _faulted(state: State, obs: Observation) -> State:
+    """What the operator cannot do outweighs how the pods are: it needs a person first."""
+    if not obs.faults:
+        return state
+    shown = [f.message for f in obs.faults[:3]]
+    more = f" (and {len(obs.faults) - 3} more)" if len(obs.faults) > 3 else ""
+    return replace(
+        state, phase=Phase.DEGRADED, reason=obs.faults[0].reason, message="; ".join(shown) + more
+    )
 
 
 def _while_building(obs: Observation) -> State:
@@ -134,7 +161,7 @@ def _while_building(obs: Observation) -> State:
 
 
 def _build_actions(obs: Observation, artifact: Artifact | None) -> list[Action]:
-    if artifact is not None or obs.build.state is BuildState.FAILED:
+    if artifact is not None or obs.build.state is BuildState.FAILED or obs.blocked(Scope.BUILD):
         return []
     if obs.build.state is BuildState.ABSENT:
         return [StartBuild()]
@@ -168,7 +195,7 @@ def step(
     state: State, obs: Observation, spec: ModelDeploymentSpec
 ) -> tuple[State, list[Action]]:
     """One tick: the next state and the actions that move the world towards it."""
-    after, actions = _next(obs, spec)
+    after, actions = _next(state, obs, spec)
     actions = _build_actions(obs, after.artifact) + actions
     if after == state:
         return state, actions

@@ -7,6 +7,7 @@ state machine can be driven tick by tick in tests without a cluster.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,11 +15,12 @@ from enum import StrEnum
 from typing import Any
 
 from modelship.api.timestamps import seconds_between
-from modelship.api.v1alpha1 import AnalysisResult, CanaryStatus, RevisionStatus
+from modelship.api.v1alpha1 import GROUP, KIND, AnalysisResult, CanaryStatus, RevisionStatus
 from modelship.domain import naming, pod_faults
 from modelship.domain.plan import BuildTarget
 
 MAX_MESSAGE = 1024
+_SHA256 = re.compile(r"[a-f0-9]{64}")
 """Builder messages are cut here: conditions and Events are for people, logs for details."""
 
 
@@ -30,6 +32,8 @@ class Artifact:
     uri: str
     variant: str | None = None
     size_bytes: int | None = None
+    model_sha256: str | None = None
+    """sha256 of the model file as the builder published it: serving pods check it."""
 
     def to_json(self) -> str:
         return json.dumps(self.to_status(), sort_keys=True, separators=(",", ":"))
@@ -40,6 +44,8 @@ class Artifact:
             out["variant"] = self.variant
         if self.size_bytes is not None:
             out["sizeBytes"] = self.size_bytes
+        if self.model_sha256:
+            out["modelSha256"] = self.model_sha256
         return out
 
     @classmethod
@@ -58,11 +64,15 @@ class Artifact:
             return None
         variant = data.get("variant")
         size = data.get("sizeBytes", data.get("size_bytes"))
+        model_sha256 = data.get("modelSha256")
         return cls(
             digest=digest if digest.startswith("sha256:") else f"sha256:{digest}",
             uri=uri,
             variant=variant if isinstance(variant, str) else None,
             size_bytes=size if isinstance(size, int) else None,
+            model_sha256=model_sha256
+            if isinstance(model_sha256, str) and _SHA256.fullmatch(model_sha256)
+            else None,
         )
 
 
@@ -123,6 +133,78 @@ class Problem:
     pod: str | None = None
 
 
+class Scope(StrEnum):
+    """What a fault stops the operator from doing (everything else goes on)."""
+
+    BUILD = "build"
+    """Creating or adopting the build Job."""
+    INDEX = "index"
+    """Recording the artifact in the index ConfigMap."""
+    SERVING = "serving"
+    """Writing any serving child (Deployments, Services, HPA, PDB): none is written while one
+    cannot be, so a release is never half applied."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something the operator cannot do until a person acts: a name taken by an object it does
+    not own, a request the API server refused (403, 422, ...), an impossible artifact location,
+    a full index. It becomes the Degraded condition and a Warning Event."""
+
+    scope: Scope
+    reason: str
+    message: str
+
+
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    """The uid of the object's controller (the ownerReference with ``controller: true``)."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            uid = ref.get("uid")
+            return uid if isinstance(uid, str) else None
+    return None
+
+
+def owned_by_model_deployment(obj: dict[str, Any]) -> bool:
+    """Whether a build Job belongs to ModelDeployments: our label and at least one of them
+    among its owners (a Job is shared, so none of them is its controller)."""
+    meta = obj.get("metadata") or {}
+    if (meta.get("labels") or {}).get(naming.LABEL_MANAGED_BY) != naming.MANAGER:
+        return False
+    return any(
+        ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")
+        for ref in meta.get("ownerReferences") or []
+    )
+
+
+def _holder(obj: dict[str, Any]) -> str:
+    """Who an object belongs to, as far as its metadata tells."""
+    meta = obj.get("metadata") or {}
+    refs = meta.get("ownerReferences") or []
+    controller = next((r for r in refs if r.get("controller")), None)
+    if controller is not None:
+        return f"its controller is {controller.get('kind')}/{controller.get('name')}"
+    if refs:
+        owners = ", ".join(f"{r.get('kind')}/{r.get('name')}" for r in refs)
+        return f"owned by {owners}"
+    managers = sorted({m.get("manager", "") for m in meta.get("managedFields") or []} - {""})
+    return "no owner" + (f", written by {', '.join(managers)}" if managers else "")
+
+
+def name_conflict(scope: Scope, obj: dict[str, Any], fix: str) -> Fault:
+    """The fault of a name we need that an object we do not own already has."""
+    meta = obj.get("metadata") or {}
+    where = f"{obj.get('kind', 'object')} {meta.get('namespace', '')}/{meta.get('name', '')}"
+    return Fault(
+        scope,
+        "NameConflict",
+        _shorten(
+            f"{where} already exists and is not owned by this ModelDeployment ({_holder(obj)}); "
+            f"the operator never takes over or deletes objects it does not own: {fix}"
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class ReleaseObservation:
     """What a release decides from: the revisions there are and what the status remembers."""
@@ -150,6 +232,12 @@ class Observation:
         default_factory=lambda: ReleaseObservation(datetime.fromtimestamp(0, UTC), "")
     )
     problems: tuple[Problem, ...] = ()
+    faults: tuple[Fault, ...] = ()
+    """What the operator cannot do (see :class:`Fault`): found while observing or acting, or
+    still backing off from an earlier attempt at this generation."""
+
+    def blocked(self, scope: Scope) -> bool:
+        return any(f.scope is scope for f in self.faults)
 
     @property
     def rollout(self) -> RolloutObservation:
@@ -322,12 +410,20 @@ def _stuck_builder(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
         if (pod.get("status") or {}).get("phase") != "Pending":
             continue
         name = pod_faults.pod_name(pod)
+        namespace = (pod.get("metadata") or {}).get("namespace", "")
         scheduler_says = pod_faults.unschedulable(pod)
         if scheduler_says is not None:
+            missing_claim = "persistentvolumeclaim" in scheduler_says.lower()
             return "BuildUnschedulable", _shorten(
                 f"builder pod {name} cannot be scheduled: {scheduler_says}; "
-                "lower the build resources (operator MODELSHIP_BUILD_CPU/MODELSHIP_BUILD_"
-                "MEMORY, chart values build.cpu/build.memory) or add node capacity"
+                + (
+                    f"a pvc:// source names a claim that is not in namespace {namespace}: a "
+                    "ModelDeployment reads only claims of its own namespace (and the store's "
+                    "claim, MODELSHIP_STORE_PVC, must be there too)"
+                    if missing_claim
+                    else "lower the build resources (operator MODELSHIP_BUILD_CPU/MODELSHIP_"
+                    "BUILD_MEMORY, chart values build.cpu/build.memory) or add node capacity"
+                )
             )
         for cs in pod_faults.container_statuses(pod):
             fault = pod_faults.start_fault(cs)
@@ -337,7 +433,8 @@ def _stuck_builder(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                     + (
                         "the runtime image (MODELSHIP_RUNTIME_IMAGE, chart values runtimeImage)"
                         if fault.image_pull
-                        else "the Secrets and volumes the spec names"
+                        else f"the Secrets and volumes the spec names: they must be in namespace "
+                        f"{namespace}, a ModelDeployment can use no other namespace's"
                     )
                 )
     return None

@@ -83,6 +83,32 @@ def merge_conditions(
     return out
 
 
+def faulted(
+    previous: dict[str, Any] | None, generation: int, reason: str, message: str, now: str
+) -> dict[str, Any]:
+    """The status when the world could not even be read (a refused read): Degraded with the
+    reason, the other conditions as they were (nothing is known to have changed)."""
+    previous = previous or {}
+    before = {c.get("type"): c for c in previous.get("conditions") or []}
+    current = []
+    for kind in CONDITION_TYPES:
+        if kind in ("Degraded", "Ready"):
+            current.append(_condition(kind, kind == "Degraded", reason, message))
+        elif kind in before:
+            old = before[kind]
+            current.append(
+                _condition(kind, old.get("status") == "True", old.get("reason", ""),
+                           old.get("message", ""))
+            )  # fmt: skip
+    return {
+        "observedGeneration": generation,
+        "phase": Phase.DEGRADED.value,
+        "conditions": merge_conditions(
+            previous.get("conditions") or [], current, generation, now
+        ),
+    }
+
+
 def state_from_status(status: dict[str, Any] | None) -> State:
     """The state the previous reconcile wrote (Pending for a new object)."""
     status = status or {}
