@@ -69,6 +69,27 @@ INVALID_CASES = [
     InvalidCase("uri-scheme", "spec.model.uri", _set("spec.model.uri", "ftp://host/m.onnx")),
     InvalidCase("uri-pvc-without-path", "spec.model.uri", _set("spec.model.uri", "pvc://claim")),
     InvalidCase("uri-missing", "spec.model.uri", _drop_uri),
+    # file:// is for modelship-build on a laptop; in a cluster it would read the build pod's disk.
+    InvalidCase("uri-file", "spec.model.uri", _set("spec.model.uri", "file:///etc/passwd")),
+    InvalidCase(
+        "calibration-uri-file",
+        "spec.optimization.calibration.uri",
+        _set("spec.optimization.calibration", {"uri": "file:///data/c.npz"}),
+    ),
+    # Names of Secrets and claims are names in the spec's own namespace, never ns/name.
+    InvalidCase(
+        "uri-pvc-claim-of-another-namespace",
+        "spec.model.uri",
+        _set("spec.model.uri", "pvc://team-b:models/m.onnx"),
+    ),
+    InvalidCase(
+        "s3-secret-of-another-namespace",
+        "spec.model.s3.secretName",
+        _all(
+            _set("spec.model.uri", "s3://bucket/m.onnx"),
+            _set("spec.model.s3", {"secretName": "team-b/s3-creds"}),
+        ),
+    ),
     InvalidCase("sha256-short", "spec.model.sha256", _set("spec.model.sha256", "abc123")),
     InvalidCase("sha256-uppercase", "spec.model.sha256", _set("spec.model.sha256", "A" * 64)),
     InvalidCase("format-unknown", "spec.model.format", _set("spec.model.format", "tensorflow")),

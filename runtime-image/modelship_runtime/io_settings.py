@@ -11,8 +11,9 @@ from modelship.api.serving import ENV_PREFIX, SourceMounts
 
 
 class IOSettings(BaseSettings, SourceMounts):
-    """How sources are fetched and where claims are mounted (``pvc_root`` is set by the
-    operator, see :class:`~modelship.api.serving.SourceMounts`); every field is an env variable."""
+    """How sources are fetched, where claims are mounted and how much a build may write
+    (the :class:`~modelship.api.serving.SourceMounts` fields are set by the operator in build
+    pods); every field is an env variable."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
     ca_bundle: Path | None = Field(
@@ -21,12 +22,6 @@ class IOSettings(BaseSettings, SourceMounts):
     http_timeout_s: float = Field(default=30.0, gt=0, description="Connect and read timeout.")
     http_attempts: int = Field(default=4, ge=1, description="Tries per https download.")
     http_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles.")
-    max_download_bytes: int = Field(
-        default=20 * 1024**3, gt=0, description="Largest source accepted (bytes)."
-    )
-    max_extract_bytes: int = Field(
-        default=20 * 1024**3, gt=0, description="Largest total size unpacked from an archive."
-    )
     max_extract_ratio: float = Field(
         default=200.0, gt=1, description="Largest unpacked/packed size ratio (archive bombs)."
     )

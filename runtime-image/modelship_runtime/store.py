@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from modelship.api.artifact import MANIFEST_FILE, ArtifactStore, Manifest
 from modelship_runtime.io_settings import IOSettings
@@ -66,6 +66,23 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def parse_manifest(data: bytes, digest: str, where: str) -> Manifest:
+    """A stored manifest, refused unless it is valid and names the artifact it is stored as
+    (its model_file is a plain file name, so no reader is led outside the artifact folder)."""
+    try:
+        manifest = Manifest.model_validate_json(data)
+    except ValidationError as e:
+        raise StoreError(f"{where}: the manifest is invalid ({e.error_count()} errors: "
+                         f"{e.errors()[0]['msg']}); delete the artifact folder to rebuild it"
+                         ) from None  # fmt: skip
+    if manifest.digest != digest:
+        raise StoreError(
+            f"{where}: the manifest is the one of {manifest.digest}, not of {digest}; the store "
+            "was modified by hand: delete the artifact folder to rebuild it"
+        )
+    return manifest
 
 
 def _check_model(path: Path, manifest: Manifest, where: str) -> None:
@@ -155,9 +172,10 @@ class DirectoryStore:
     def get_manifest(self, digest: str) -> Manifest | None:
         path = self._dir(digest) / MANIFEST_FILE
         try:
-            return Manifest.model_validate_json(path.read_bytes())
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
+        return parse_manifest(data, digest, str(path))
 
     def download(self, digest: str, dest: Path) -> Manifest:
         source = self._dir(digest)
@@ -233,8 +251,11 @@ class S3Store:
         return self.get_manifest(digest) is not None
 
     def get_manifest(self, digest: str) -> Manifest | None:
-        data = self._get(self._key(digest_hex(digest), MANIFEST_FILE))
-        return Manifest.model_validate_json(data) if data is not None else None
+        key = self._key(digest_hex(digest), MANIFEST_FILE)
+        data = self._get(key)
+        if data is None:
+            return None
+        return parse_manifest(data, digest, f"s3://{self.bucket}/{key}")
 
     def _stored_model_sha256(self, digest: str, model_file: str) -> str | None:
         try:

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from builder_helpers import mlp_onnx
-from modelship.api.artifact import ArtifactStore, BuildPlan
+from modelship.api.artifact import ArtifactStore, BuildPlan, SourceAccess
 from modelship.api.v1alpha1 import ModelSource, OptimizationSpec
 from modelship_runtime.builder.benchmark import BenchSettings
 from modelship_runtime.io_settings import IOSettings
@@ -59,9 +59,16 @@ def tiny_model(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_plan(tmp_path: Path) -> Callable[..., BuildPlan]:
-    """A plan for ``uri`` storing into tmp_path/store; keyword arguments go to the spec parts."""
+    """A plan for ``uri`` storing into tmp_path/store; keyword arguments go to the spec parts.
+    Sources on loopback (the test servers) are allowed unless ``access`` says otherwise."""
 
-    def make(uri: str, store: str | None = None, threads: int = 1, **spec: Any) -> BuildPlan:
+    def make(
+        uri: str,
+        store: str | None = None,
+        threads: int = 1,
+        access: SourceAccess | None = None,
+        **spec: Any,
+    ) -> BuildPlan:
         source_keys = {"format", "sha256", "allow_pickle", "inputs", "s3"}
         source = {k: v for k, v in spec.items() if k in source_keys}
         optimization = {k: v for k, v in spec.items() if k not in source_keys}
@@ -70,6 +77,7 @@ def make_plan(tmp_path: Path) -> Callable[..., BuildPlan]:
             optimization=OptimizationSpec(**optimization),
             threads=threads,
             store=ArtifactStore(uri=store or (tmp_path / "store").as_uri()),
+            source_access=access or SourceAccess(internal=True),
         )
 
     return make

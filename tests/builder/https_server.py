@@ -52,10 +52,12 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
 
 @dataclass
 class Site:
-    """What the server answers: path -> bytes; ``failures`` path -> 503s before success."""
+    """What the server answers: path -> bytes; ``failures`` path -> 503s before success;
+    ``redirects`` path -> the Location of a 302."""
 
     files: dict[str, bytes] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
+    redirects: dict[str, str] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     base: str = ""
     ca_bundle: Path = Path()
@@ -69,6 +71,12 @@ def https_site(tmp: Path) -> Iterator[Site]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             site.requests.append(self.path)
+            if self.path in site.redirects:
+                self.send_response(302)
+                self.send_header("Location", site.redirects[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if site.failures.get(self.path, 0) > 0:
                 site.failures[self.path] -= 1
                 self.send_error(503, "try again")

@@ -180,7 +180,9 @@ def test_job_reports_success_in_termination_log(
     plan = make_plan(tiny_model.as_uri())
     proc, message = _job(plan.model_dump_json(by_alias=True), tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert set(message) == {"digest", "uri", "variant", "reused"}
+    assert set(message) == {"digest", "uri", "variant", "reused", "modelSha256"}
+    model = Path(str(message["uri"]).removeprefix("file://")) / "model.onnx"
+    assert message["modelSha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert str(message["uri"]).startswith((tmp_path / "store").as_uri())
     assert message["variant"] in ("fp32", "int8-dynamic")
     assert "fetching" in proc.stderr  # progress goes to stderr

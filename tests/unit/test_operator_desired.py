@@ -32,26 +32,173 @@ def spec(**extra: Any) -> ModelDeploymentSpec:
     )
 
 
+def build_pod(s: ModelDeploymentSpec, settings: Settings | None = None) -> dict[str, Any]:
+    settings = settings or Settings()
+    target = build_target(s, settings.artifact_store().for_namespace(OWNER.namespace))
+    pod: dict[str, Any] = desired.build_job(s, target, OWNER, settings)["spec"]["template"]
+    return pod
+
+
+def containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = pod["spec"]
+    return {c["name"]: c for c in [*spec.get("initContainers", []), *spec["containers"]]}
+
+
+def secrets(container: dict[str, Any]) -> set[str]:
+    """The Secrets a container's environment comes from."""
+    return {
+        e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
+    }
+
+
+def mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in container["volumeMounts"]}
+
+
+def s3_store(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("MODELSHIP_STORE_S3_BUCKET", "arts")
+    monkeypatch.setenv("MODELSHIP_STORE_S3_SECRET", "store-creds")
+    return Settings()
+
+
 def test_build_job_runs_the_builder_with_the_plan_safely() -> None:
     s = spec()
-    target = build_target(s, Settings().artifact_store())
+    target = build_target(s, Settings().artifact_store().for_namespace(OWNER.namespace))
     job = desired.build_job(s, target, OWNER, Settings())
     assert job["metadata"]["name"] == target.job_name
     assert job["metadata"]["ownerReferences"] == [OWNER.reference(controller=False)]
     pod = job["spec"]["template"]
     plan = json.loads(pod["metadata"]["annotations"][naming.ANNOTATION_PLAN])
     assert plan["source"]["uri"] == "pvc://models/m.onnx"
-    assert plan["store"]["uri"] == "file:///artifacts"
-    container = pod["spec"]["containers"][0]
-    assert container["args"] == ["build", "--plan", "/etc/modelship/plan.json"]
+    assert plan["store"]["uri"] == "file:///artifacts/ml"
+    assert list(containers(pod)) == ["fetch", "convert", "builder"]
+    builder = pod["spec"]["containers"][0]
+    assert builder["args"][:4] == ["build", "--plan", "/etc/modelship/plan.json", "--step"]
     assert pod["spec"]["automountServiceAccountToken"] is False
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert container["resources"]["limits"]["memory"] == "4Gi"
-    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert "/artifacts" in mounts
-    assert mounts["/mnt/pvc/models"]["readOnly"] is True
+    for container in containers(pod).values():
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["resources"]["limits"]["memory"] == "4Gi"
+    assert mounts(containers(pod)["fetch"])["source-0"] == {
+        "name": "source-0", "mountPath": "/mnt/pvc/models", "readOnly": True
+    }  # fmt: skip
+    assert mounts(builder)["store"]["mountPath"] == "/artifacts"
     assert job["spec"]["backoffLimit"] == 2
+
+
+def test_unpickling_runs_where_there_are_no_credentials_and_no_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The convert step may run the model file's code: it gets no Secret, no store, no claim,
+    and nothing it could change but its own scratch volume."""
+    pickled = spec(model={"uri": "s3://team/m.joblib", "format": "sklearn",
+                          "allowPickle": True, "s3": {"secretName": "team-creds"}})  # fmt: skip
+    for settings in (Settings(), s3_store(monkeypatch)):
+        convert = containers(build_pod(pickled, settings))["convert"]
+        assert secrets(convert) == set()
+        assert "valueFrom" not in json.dumps(convert["env"])
+        seen = mounts(convert)
+        assert set(seen) == {"plan", "sources", "convert"}
+        assert all(m.get("readOnly") for m in seen.values() if m["name"] != "convert")
+        assert {"name": "AWS_EC2_METADATA_DISABLED", "value": "true"} in convert["env"]
+
+
+def test_source_credentials_are_never_the_stores_nor_the_other_way_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = s3_store(monkeypatch)
+    with_secret = spec(model={"uri": "s3://team/m.onnx", "s3": {"secretName": "team-creds"}})
+    steps = containers(build_pod(with_secret, settings))
+    assert secrets(steps["fetch"]) == {"team-creds"}
+    assert secrets(steps["builder"]) == {"store-creds"}
+    # Without a Secret of its own the source is fetched without credentials, never the store's.
+    anonymous = containers(build_pod(spec(model={"uri": "s3://team/m.onnx"}), settings))
+    assert secrets(anonymous["fetch"]) == set()
+    assert "store" not in mounts(anonymous["fetch"])
+
+
+def test_only_the_fetch_step_mounts_the_source_claims_and_only_the_publish_step_the_store() -> (
+    None
+):
+    s = spec(optimization={"calibration": {"uri": "pvc://calib/c.npz"}})
+    steps = containers(build_pod(s))
+    assert {n for n in mounts(steps["fetch"]) if n.startswith("source-")} == {
+        "source-0",
+        "source-1",
+    }
+    for name in ("convert", "builder"):
+        assert not [n for n in mounts(steps[name]) if n.startswith("source-")]
+    assert [n for n, c in steps.items() if "store" in mounts(c)] == ["builder"]
+    assert mounts(steps["builder"])["convert"]["readOnly"] is True
+
+
+def test_build_scratch_and_downloads_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSHIP_BUILD_DOWNLOAD_LIMIT", "1Gi")
+    monkeypatch.setenv("MODELSHIP_BUILD_SCRATCH_LIMIT", "3Gi")
+    pod = build_pod(spec(), Settings())
+    empty_dirs = {v["name"]: v["emptyDir"] for v in pod["spec"]["volumes"] if "emptyDir" in v}
+    assert empty_dirs == {
+        "sources": {"sizeLimit": "1Gi"},
+        "convert": {"sizeLimit": "3Gi"},
+        "tmp": {"sizeLimit": "3Gi"},
+    }
+    whole = (1 + 2 * 3) * 1024 + 256  # Mi: every volume, and the logs
+    for container in containers(pod).values():
+        resources = container["resources"]
+        assert resources["requests"]["ephemeral-storage"] == f"{whole}Mi"
+        assert resources["limits"]["ephemeral-storage"] == f"{whole}Mi"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert int(env["MODELSHIP_MAX_DOWNLOAD_BYTES"]) < 1024**3
+        assert int(env["MODELSHIP_MAX_EXTRACT_BYTES"]) < 3 * 1024**3
+    defaults = Settings.model_fields
+    assert (defaults["build_download_limit"].default, defaults["build_scratch_limit"].default) == (
+        "2Gi",
+        "4Gi",
+    )
+
+
+def test_build_pods_get_a_network_policy_that_lets_out_only_what_they_need() -> None:
+    s = spec(model={"uri": "https://models.example.com:8443/m.onnx"})
+    target = build_target(s, Settings().artifact_store().for_namespace(OWNER.namespace))
+    policy = desired.build_network_policy(s, target, OWNER, Settings())
+    assert policy["metadata"]["name"] == "sentiment-build"
+    assert policy["metadata"]["ownerReferences"] == [OWNER.reference()]
+    pod_labels = desired.build_job(s, target, OWNER, Settings())["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in policy["spec"], "nothing may connect to a build pod"
+    dns, out = policy["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert out["ports"] == [{"protocol": "TCP", "port": 8443}]
+    v4, v6 = (peer["ipBlock"] for peer in out["to"])
+    assert v4["cidr"] == "0.0.0.0/0"
+    assert {"169.254.0.0/16", "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12"} <= set(v4["except"])
+    assert {"fe80::/10", "fc00::/7"} <= set(v6["except"])
+
+
+def test_a_build_from_a_claim_into_a_claim_may_not_connect_anywhere() -> None:
+    s = spec()
+    target = build_target(s, Settings().artifact_store().for_namespace(OWNER.namespace))
+    assert desired.build_network_policy(s, target, OWNER, Settings())["spec"]["egress"] == []
+
+
+def test_the_operator_may_let_builds_reach_inside_the_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODELSHIP_BUILD_INTERNAL_SOURCES", "true")
+    monkeypatch.setenv("MODELSHIP_CLUSTER_CIDRS", "10.96.0.0/12,10.244.0.0/16")
+    extra = [{"to": [{"namespaceSelector": {"matchLabels": {"name": "minio"}}}]}]
+    monkeypatch.setenv("MODELSHIP_BUILD_EXTRA_EGRESS", json.dumps(extra))
+    s = spec(model={"uri": "s3://b/m.onnx", "s3": {"endpoint": "http://minio.minio:9000"}})
+    target = build_target(s, Settings().artifact_store().for_namespace(OWNER.namespace))
+    _dns, out, added = desired.build_network_policy(s, target, OWNER, Settings())["spec"]["egress"]
+    assert out["ports"] == [{"protocol": "TCP", "port": 9000}]
+    assert {"namespaceSelector": {}} in out["to"]
+    assert all("except" not in peer.get("ipBlock", {}) for peer in out["to"])
+    assert added == extra[0]
 
 
 def test_deployment_serves_the_artifact_read_only_from_the_pvc() -> None:
@@ -95,6 +242,42 @@ def test_s3_store_fetches_into_an_empty_dir(monkeypatch: pytest.MonkeyPatch) -> 
 def test_artifact_outside_the_store_is_an_error_that_says_what_to_do() -> None:
     with pytest.raises(desired.ArtifactLocationError, match="delete the build Job"):
         deployment(spec(), Artifact(ART.digest, "s3://x/y"))
+
+
+def test_serving_pods_read_their_own_namespaces_part_of_the_store_only() -> None:
+    def model_mount(uri: str) -> dict[str, Any]:
+        pod = deployment(spec(), Artifact(ART.digest, uri))["spec"]["template"]["spec"]
+        return next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model")
+
+    assert model_mount(f"file:///artifacts/ml/{HEX}")["subPath"] == f"ml/{HEX}"
+    assert model_mount(f"file:///artifacts/{HEX}")["subPath"] == HEX, "built before the parts"
+    for foreign in (f"file:///artifacts/other/{HEX}", f"file:///artifacts/ml/../other/{HEX}",
+                    f"file:///artifacts/ml/{'4' * 64}"):  # fmt: skip
+        with pytest.raises(desired.ArtifactLocationError, match="another namespace"):
+            model_mount(foreign)
+
+
+def test_s3_serving_pods_download_from_their_namespaces_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODELSHIP_STORE_S3_BUCKET", "arts")
+
+    def download_uri(uri: str) -> str:
+        pod = deployment(spec(), Artifact(ART.digest, uri))["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["initContainers"][0]["env"]}
+        return str(env["MODELSHIP_ARTIFACT_URI"])
+
+    assert download_uri(f"s3://arts/artifacts/ml/{HEX}") == "s3://arts/artifacts/ml"
+    assert download_uri(f"s3://arts/artifacts/{HEX}") == "s3://arts/artifacts"
+    with pytest.raises(desired.ArtifactLocationError):
+        download_uri(f"s3://arts/artifacts/other/{HEX}")
+
+
+def test_serving_pods_are_told_the_models_sha256() -> None:
+    art = Artifact(ART.digest, f"file:///artifacts/ml/{HEX}", model_sha256="5" * 64)
+    server = deployment(spec(), art)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    assert env["MODELSHIP_MODEL_SHA256"] == "5" * 64
 
 
 def test_replicas_follow_spec_replicas_within_bounds() -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from modelship.api import serving
+from modelship.api.artifact import BuildPlan
+from modelship.api.quantity import parse_quantity
 from modelship.api.v1alpha1 import ModelDeploymentSpec
 from modelship.domain import desired
 from modelship.domain.naming import Owner
@@ -21,6 +23,7 @@ from modelship.domain.observation import Artifact
 from modelship.domain.plan import build_target
 from modelship.domain.release import RevisionPlan
 from modelship.domain.settings import Settings
+from modelship_runtime.builder.cli import STEPS, job_parser
 from modelship_runtime.io_settings import IOSettings
 from modelship_runtime.serve.cli import parse_settings
 from modelship_runtime.serve.settings import ServeSettings
@@ -111,6 +114,24 @@ def test_the_server_reads_what_the_operator_renders(
     assert settings.intra_op_threads == int(limit)
 
 
+def test_the_server_has_exited_before_the_kubelet_would_kill_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM comes after the preStop pause, and terminationGracePeriodSeconds counts from the
+    pause's start: the server's drain deadline must end inside what is left, with room for the
+    process to exit."""
+    pod = deployment(spec(), PVC_ARTIFACT, Settings())["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    settings = load_serve_settings(server, monkeypatch)
+    grace = pod["terminationGracePeriodSeconds"]
+    pause = server["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert settings.drain_deadline_s == desired.DRAIN_DEADLINE_SECONDS
+    assert pause + settings.drain_deadline_s + desired.EXIT_MARGIN_SECONDS <= grace
+    assert desired.EXIT_MARGIN_SECONDS >= 2
+    assert settings.drain_delay_s == 0, "the preStop pause already keeps the server serving"
+    assert settings.drain_deadline_s > 0
+
+
 def test_the_init_container_downloads_what_the_server_serves(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -137,15 +158,51 @@ def test_the_init_container_downloads_what_the_server_serves(
     assert served.artifact_uri is None
 
 
+def build_pod(s: ModelDeploymentSpec, settings: Settings) -> dict[str, Any]:
+    target = build_target(s, settings.artifact_store().for_namespace(OWNER.namespace))
+    pod: dict[str, Any] = desired.build_job(s, target, OWNER, settings)["spec"]["template"]
+    return pod
+
+
 def test_the_builder_finds_pvc_sources_where_the_operator_mounts_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    s = spec()
-    job = desired.build_job(s, build_target(s, Settings().artifact_store()), OWNER, Settings())
-    (builder,) = job["spec"]["template"]["spec"]["containers"]
-    monkeypatch.setattr("os.environ", container_env(builder))
+    fetch = build_pod(spec(), Settings())["spec"]["initContainers"][0]
+    assert fetch["name"] == "fetch"
+    monkeypatch.setattr("os.environ", container_env(fetch))
     io = IOSettings()
-    assert mount_path(builder, "source-0") == io.pvc_root / "models"
+    assert mount_path(fetch, "source-0") == io.pvc_root / "models"
+
+
+def test_each_build_step_reads_and_writes_where_the_operator_mounts_its_volumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The folders each step's arguments name are the volumes mounted there, the next step
+    sees what the previous one wrote, and each step's limits fit its volumes."""
+    pod = build_pod(spec(), Settings())["spec"]
+    sizes = {v["name"]: parse_quantity(v["emptyDir"]["sizeLimit"])
+             for v in pod["volumes"] if "emptyDir" in v}  # fmt: skip
+    steps = {c["name"]: c for c in [*pod["initContainers"], *pod["containers"]]}
+    parsed = {}
+    for name, container in steps.items():
+        assert container["command"] == ["python", "-m", "modelship_runtime"]
+        assert container["args"][0] == "build"
+        args = job_parser().parse_args(container["args"][1:])
+        parsed[name] = args
+        assert Path(args.plan) == mount_path(container, "plan") / "plan.json"
+        assert args.sources == mount_path(container, "sources")
+        monkeypatch.setattr("os.environ", container_env(container))
+        io = IOSettings()
+        assert io.max_download_bytes < sizes["sources"]
+        assert io.max_extract_bytes < min(sizes["convert"], sizes["tmp"])
+    assert [parsed[n].step for n in ("fetch", "convert", "builder")] == list(STEPS)
+    assert parsed["convert"].converted == mount_path(steps["convert"], "convert")
+    assert parsed["builder"].converted == mount_path(steps["builder"], "convert")
+    plan = BuildPlan.model_validate_json(
+        build_pod(spec(), Settings())["metadata"]["annotations"]["modelship.io/plan"]
+    )
+    store = Path(plan.store.uri.removeprefix("file://"))
+    assert store.is_relative_to(mount_path(steps["builder"], "store"))
 
 
 def test_pods_run_as_the_runtime_image_user_with_its_model_directory() -> None:
@@ -159,12 +216,11 @@ def test_pods_run_as_the_runtime_image_user_with_its_model_directory() -> None:
     assert expose[1].split() == [
         str(p) for p in (serving.REST_PORT, serving.GRPC_PORT, serving.METRICS_PORT)
     ]
-    for obj in (
-        deployment(spec(), PVC_ARTIFACT, Settings()),
-        desired.build_job(spec(), build_target(spec(), Settings().artifact_store()), OWNER,
-                          Settings()),
-    ):  # fmt: skip
-        security = obj["spec"]["template"]["spec"]["securityContext"]
+    for pod in (
+        deployment(spec(), PVC_ARTIFACT, Settings())["spec"]["template"],
+        build_pod(spec(), Settings()),
+    ):
+        security = pod["spec"]["securityContext"]
         assert security["runAsUser"] == security["runAsGroup"] == serving.RUNTIME_UID
 
 
@@ -172,10 +228,24 @@ def test_contract_fields_render_as_the_variables_pydantic_settings_reads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = serving.ServingConfig(
-        model_name="m", revision="r-1", max_batch_size=4, grpc_enabled=False, max_delay_ms=0.25
+        model_name="m",
+        revision="r-1",
+        max_batch_size=4,
+        grpc_enabled=False,
+        max_delay_ms=0.25,
+        drain_deadline_s=7.5,
     )
     monkeypatch.setattr("os.environ", {e["name"]: e["value"] for e in config.to_env()})
     loaded = ServeSettings()
     assert serving.ServingConfig.model_validate(
         loaded.model_dump(include=set(serving.ServingConfig.model_fields))
     ) == config
+
+
+def test_the_server_is_told_the_model_sha256_the_operator_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    art = Artifact(PVC_ARTIFACT.digest, f"file:///artifacts/ml/{HEX}", model_sha256="6" * 64)
+    pod = deployment(spec(), art, Settings())["spec"]["template"]
+    settings = load_serve_settings(pod["spec"]["containers"][0], monkeypatch)
+    assert settings.model_sha256 == "6" * 64

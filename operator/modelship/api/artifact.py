@@ -17,10 +17,13 @@ recipe is a new :data:`BUILDER_VERSION` (docs/builder.md, "Digests").
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import re
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelship.api.v1alpha1 import ModelSource, OptimizationSpec, S3Settings, TensorSpec
 
@@ -40,6 +43,46 @@ RECIPE_FIELDS: dict[str, Any] = {
 PLAN_SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
+FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+"""A file name inside an artifact folder: no separators, no ``..``, nothing hidden."""
+DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
+NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+ALWAYS_DENIED_NETWORKS = (
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "100.100.100.200/32",
+    "::1/128",
+    "fe80::/10",
+    "fd00:ec2::254/128",
+)
+"""Never where a build fetches from: this host (loopback), link-local addresses, where most
+cloud metadata endpoints answer (169.254.169.254), and the other clouds' metadata addresses."""
+CLUSTER_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+"""Where clusters put their service and pod networks (the private and shared ranges): the
+default of the operator's ``cluster_cidrs``, which it may set to the cluster's own CIDRs."""
+
+REDACTED = "***"
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` fit for logs, the artifact index and the status: ``user:password@`` and the
+    values of query parameters (presigned URLs carry their signature and token there) hidden."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(
+        f"{quote(key, safe='')}={REDACTED}"
+        for key, _ in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    if parts.query and not query:
+        query = REDACTED
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def canonical_json(value: Any) -> bytes:
@@ -61,6 +104,39 @@ class ArtifactStore(_Contract):
     uri: str = Field(description="file:///path or s3://bucket/prefix")
     s3: S3Settings | None = Field(default=None, description="Endpoint and credentials for s3.")
 
+    def for_namespace(self, namespace: str) -> ArtifactStore:
+        """The namespace's own part of the store, ``<uri>/<namespace>``: what its builds
+        publish to and its serving pods read from (an artifact of another namespace is never
+        found there, so it is built again from a source this namespace can fetch)."""
+        if not NAMESPACE_PATTERN.match(namespace):
+            raise ValueError(f"{namespace!r} is not a namespace name")
+        return self.model_copy(update={"uri": f"{self.uri.rstrip('/')}/{namespace}"})
+
+
+def _network(value: str) -> str:
+    return str(ipaddress.ip_network(value, strict=False))
+
+
+class SourceAccess(_Contract):
+    """Which addresses a build may fetch its sources from: set by the operator, never by the
+    spec, and checked by the builder on every connection (and on every redirect)."""
+
+    internal: bool = Field(
+        default=False,
+        description="Allow every address, denied_networks too; modelship-build on a laptop "
+        "allows them.",
+    )
+    denied_networks: list[str] = Field(
+        default_factory=lambda: [*ALWAYS_DENIED_NETWORKS, *CLUSTER_NETWORKS],
+        description="CIDRs sources must not be in: loopback, link-local and the cluster's "
+        "service and pod networks.",
+    )
+
+    @field_validator("denied_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return [_network(v) for v in value]
+
 
 class BuildPlan(_Contract):
     """Everything the builder needs, derived from a ModelDeployment spec by the operator."""
@@ -72,6 +148,10 @@ class BuildPlan(_Contract):
         default=1, ge=1, le=256, description="intra-op threads the serving pods will use"
     )
     store: ArtifactStore
+    source_access: SourceAccess = Field(
+        default_factory=SourceAccess,
+        description="Where sources may be fetched from (not part of the recipe).",
+    )
 
     def recipe(self) -> dict[str, Any]:
         """The canonical recipe: :data:`RECIPE_FIELDS` without those at their defaults."""
@@ -156,11 +236,16 @@ class Signature(_Contract):
 class Manifest(_Contract):
     """``manifest.json`` next to ``model.onnx`` in every published artifact."""
 
-    digest: str
+    digest: str = Field(pattern=DIGEST_PATTERN)
     source_digest: str = Field(description="sha256 of the fetched source bytes")
     plan_key: str
     variant: str
-    model_file: str = MODEL_FILE
+    model_file: str = Field(
+        default=MODEL_FILE,
+        pattern=FILE_NAME_PATTERN,
+        description="The model's file name in the artifact folder (a plain name: readers "
+        "join it to their folder, so a path could point anywhere).",
+    )
     model_sha256: str | None = Field(
         default=None, description="sha256 of model_file; readers check the bytes against it"
     )
@@ -173,3 +258,10 @@ class Manifest(_Contract):
     calibration_stats: dict[str, TensorStats] = Field(default_factory=dict)
     tool_versions: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""
+
+    @field_validator("model_file")
+    @classmethod
+    def _not_the_manifest(cls, value: str) -> str:
+        if value == MANIFEST_FILE:
+            raise ValueError(f"model_file cannot be {MANIFEST_FILE}")
+        return value

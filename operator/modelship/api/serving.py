@@ -77,6 +77,13 @@ class ArtifactRef(PodContract):
 class ServingConfig(ArtifactRef):
     """What the operator tells each serving pod's ``server`` container."""
 
+    model_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[a-f0-9]{64}$",
+        description="sha256 of the model file, as the builder reported it to the operator: "
+        "the server hashes the file and refuses to load other bytes.",
+    )
+
     model_name: str = Field(default="model", min_length=1, description="Name clients use.")
     model_version: str = Field(default="1", min_length=1, description="Version clients may use.")
     revision: str | None = Field(
@@ -109,6 +116,15 @@ class ServingConfig(ArtifactRef):
         le=1000,
         description="Dynamic batching: longest time a request waits for others to join it.",
     )
+    drain_deadline_s: float = Field(
+        default=20.0,
+        ge=0,
+        le=3600,
+        description="SIGTERM: the server has exited this many seconds later, whatever is still "
+        "in flight (gRPC gets GOAWAY and every REST response Connection: close at once). The "
+        "operator derives it from the pod's terminationGracePeriodSeconds minus its preStop "
+        "pause, less a margin, so the kubelet never kills a draining server.",
+    )
 
 
 class DownloadConfig(ArtifactRef):
@@ -135,4 +151,16 @@ class SourceMounts(PodContract):
     pvc_root: Path = Field(
         default=PVC_SOURCE_ROOT,
         description="pvc://<claim>/<path> is read from <pvc_root>/<claim>/<path>.",
+    )
+    max_download_bytes: int = Field(
+        default=20 * 1024**3,
+        gt=0,
+        description="Most bytes fetched (model and calibration data together); build pods are "
+        "told what their download volume holds.",
+    )
+    max_extract_bytes: int = Field(
+        default=20 * 1024**3,
+        gt=0,
+        description="Largest total size unpacked from an archive; build pods are told what "
+        "their scratch volume holds.",
     )

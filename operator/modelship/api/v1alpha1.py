@@ -28,8 +28,17 @@ SINGULAR = "modeldeployment"
 SHORT_NAMES = ("mdep",)
 CATEGORIES = ("modelship",)
 
-URI_PATTERN = r"^(https://[^/ ]+(/.*)?|s3://[^/ ]+/.+|pvc://[^/ ]+/.+|file:///.+)$"
-URI_HELP = "an https://host/path, s3://bucket/key, pvc://claim/path or file:///path URI"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A Kubernetes object name (DNS-1123 subdomain): a name, never ``namespace/name``."""
+URI_PATTERN = (
+    r"^(https://[^/ ]+(/.*)?|s3://[^/ ]+/.+|pvc://[a-z0-9]([-.a-z0-9]*[a-z0-9])?/.+|file:///.+)$"
+)
+URI_HELP = (
+    "an https://host/path, s3://bucket/key or pvc://claim/path URI (claim: the name of a "
+    "PersistentVolumeClaim in this namespace)"
+)
+CLI_ONLY_SCHEME = "file:"
+"""file:// sources are for ``modelship-build`` on a laptop; a ModelDeployment refuses them."""
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_NAME_LENGTH = 40
@@ -97,8 +106,19 @@ class S3Settings(APIModel):
     secret_name: str | None = Field(
         default=None,
         max_length=253,
-        description="Secret in the same namespace with AWS_ACCESS_KEY_ID and "
-        "AWS_SECRET_ACCESS_KEY; empty means the pod's ambient credentials.",
+        description="Name of a Secret in the ModelDeployment's own namespace with "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Build pods get no other credentials "
+        "(no service-account token, no instance metadata, never the artifact store's).",
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"!has(self.secretName) || self.secretName.matches('{DNS_SUBDOMAIN}')",
+            message="secretName must be the name of a Secret in this namespace (lowercase "
+            "letters, digits, '-' and '.'); Secrets of other namespaces cannot be named",
+            check=lambda m: _matches(DNS_SUBDOMAIN, m.secret_name),
+            field_path=".secretName",
+        ),
     )
 
 
@@ -561,6 +581,28 @@ class ModelDeploymentSpec(APIModel):
         "Git. Defaulted so the scale subresource always has a value to read.",
     )
 
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"!self.model.uri.startsWith('{CLI_ONLY_SCHEME}')",
+            message="model.uri: file:// is for modelship-build on the command line only; a "
+            "ModelDeployment reads its model from https://, s3:// or pvc://claim/path",
+            check=lambda m: not m.model.uri.startswith(CLI_ONLY_SCHEME),
+            field_path=".model.uri",
+        ),
+        Rule(
+            cel="!has(self.optimization) || !has(self.optimization.calibration) || "
+            "!has(self.optimization.calibration.uri) || "
+            f"!self.optimization.calibration.uri.startsWith('{CLI_ONLY_SCHEME}')",
+            message="optimization.calibration.uri: file:// is for modelship-build on the "
+            "command line only; use https://, s3:// or pvc://claim/path",
+            check=lambda m: not (
+                m.optimization.calibration is not None
+                and (m.optimization.calibration.uri or "").startswith(CLI_ONLY_SCHEME)
+            ),
+            field_path=".optimization.calibration.uri",
+        ),
+    )
+
 
 # --- status ------------------------------------------------------------------------------
 
@@ -617,6 +659,11 @@ class ArtifactStatus(APIModel):
 
     digest: str = Field(description="Content digest (sha256:...) of the artifact.")
     uri: str | None = Field(default=None, description="Where the artifact is stored.")
+    model_sha256: str | None = Field(
+        default=None,
+        description="sha256 of the model file as the builder published it; serving pods "
+        "refuse to load other bytes.",
+    )
     variant: str | None = Field(default=None, description="Chosen variant, e.g. int8-dynamic.")
     size_bytes: int | None = Field(default=None, ge=0, description="Size of model.onnx.")
     accuracy: float | None = Field(

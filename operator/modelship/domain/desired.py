@@ -7,13 +7,16 @@ of the desired content on it, so the operator writes only objects whose desired 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from modelship.api import v1alpha1 as api
-from modelship.api.artifact import canonical_json
+from modelship.api.artifact import DIGEST_PATTERN, canonical_json, redact_uri
+from modelship.api.quantity import parse_quantity
 from modelship.api.serving import (
     GRPC_PORT,
     METRICS_PORT,
@@ -38,6 +41,13 @@ PLAN_DIR = "/etc/modelship"
 TERMINATION_GRACE_SECONDS = 30
 DRAIN_SECONDS = 5
 """preStop pause: endpoints controllers and proxies stop sending before the server stops."""
+EXIT_MARGIN_SECONDS = 3
+"""Left between the server's drain deadline and the kubelet's SIGKILL: the server's own exit
+after its deadline (closing the model's threads, the metrics server) and the kubelet's delay
+in sending SIGTERM once the preStop pause ends."""
+DRAIN_DEADLINE_SECONDS = TERMINATION_GRACE_SECONDS - DRAIN_SECONDS - EXIT_MARGIN_SECONDS
+"""The server's drain deadline: terminationGracePeriodSeconds counts from the start of the
+preStop pause, SIGTERM comes after it, so the server has the rest, less the margin."""
 
 
 class ArtifactLocationError(ValueError):
@@ -98,8 +108,20 @@ def _meta(name: str, owner: Owner, labels: dict[str, str]) -> dict[str, Any]:
 
 # --- build ---------------------------------------------------------------------------------
 
+SOURCES_DIR = "/work/sources"
+"""The fetched sources (volume ``sources``): written by the fetch step, read-only after it."""
+CONVERTED_DIR = "/work/converted"
+"""Where the publish step sees the convert step's volume (``convert``, its /tmp), read-only."""
+LOG_ALLOWANCE = 256 * 1024**2
+"""Ephemeral storage beyond the volumes: container logs (the root filesystem is read-only)."""
+VOLUME_SLACK = 16 * 1024**2
+"""What the builder is told it may write stays this far below a volume's sizeLimit (filesystem
+blocks and the handoff files), so it stops with a message before the kubelet evicts the pod."""
+
 
 def _pvc_claims(spec: ModelDeploymentSpec) -> list[str]:
+    """The claims of pvc:// sources: PersistentVolumeClaims of the spec's own namespace (a pod
+    can mount no other), mounted read-only in the fetch step only."""
     uris = [spec.model.uri]
     if spec.optimization.calibration and spec.optimization.calibration.uri:
         uris.append(spec.optimization.calibration.uri)
@@ -115,20 +137,24 @@ def _plan_volume() -> dict[str, Any]:
     }
 
 
-def _build_volumes(
-    spec: ModelDeploymentSpec, settings: Settings
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, mounts) of the builder: plan, scratch, the store (PVC mode), each pvc:// source."""
-    volumes: list[dict[str, Any]] = [_plan_volume(), {"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [
-        {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
+def _bytes(quantity: str) -> int:
+    return int(parse_quantity(quantity))
+
+
+def _build_volumes(spec: ModelDeploymentSpec, settings: Settings) -> list[dict[str, Any]]:
+    """The build pod's volumes: the plan, the sources, the convert step's scratch (and its
+    model), the other steps' scratch, the store (PVC mode), each pvc:// source."""
+    download, scratch = settings.build_download_limit, settings.build_scratch_limit
+    volumes: list[dict[str, Any]] = [
+        _plan_volume(),
+        {"name": "sources", "emptyDir": {"sizeLimit": download}},
+        {"name": "convert", "emptyDir": {"sizeLimit": scratch}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": scratch}},
     ]
     if not settings.uses_s3:
         volumes.append(
             {"name": "store", "persistentVolumeClaim": {"claimName": settings.store_pvc}}
         )
-        mounts.append({"name": "store", "mountPath": PVC_MOUNT_PATH})
     for i, claim in enumerate(_pvc_claims(spec)):
         volumes.append(
             {
@@ -136,44 +162,98 @@ def _build_volumes(
                 "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
             }
         )
-        mounts.append(
+    return volumes
+
+
+def _step_mounts(step: str, spec: ModelDeploymentSpec, settings: Settings) -> list[dict[str, Any]]:
+    """What each step sees: only the fetch step the source claims, only the publish step the
+    store, and the convert step nothing it could change but its own scratch."""
+    plan = {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True}
+    if step == "fetch":
+        claims = [
             {"name": f"source-{i}", "mountPath": str(PVC_SOURCE_ROOT / claim), "readOnly": True}
-        )
-    return volumes, mounts
-
-
-def _builder_container(
-    spec: ModelDeploymentSpec, settings: Settings, mounts: list[dict[str, Any]]
-) -> dict[str, Any]:
-    # One set of AWS_* variables per pod: the source's Secret wins, the store's is the fallback.
-    source_secret = spec.model.s3.secret_name if spec.model.s3 else None
-    env = [
-        *SourceMounts(pvc_root=PVC_SOURCE_ROOT).to_env(),
-        *_secret_env(source_secret or settings.store_s3_secret),
+            for i, claim in enumerate(_pvc_claims(spec))
+        ]
+        return [
+            plan,
+            {"name": "sources", "mountPath": SOURCES_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+            *claims,
+        ]
+    if step == "convert":
+        return [
+            plan,
+            {"name": "sources", "mountPath": SOURCES_DIR, "readOnly": True},
+            {"name": "convert", "mountPath": "/tmp"},
+        ]
+    store = [] if settings.uses_s3 else [{"name": "store", "mountPath": PVC_MOUNT_PATH}]
+    return [
+        plan,
+        {"name": "sources", "mountPath": SOURCES_DIR, "readOnly": True},
+        {"name": "convert", "mountPath": CONVERTED_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        *store,
     ]
+
+
+def _step_args(step: str) -> list[str]:
+    args = ["build", "--plan", f"{PLAN_DIR}/plan.json", "--step", step, "--sources", SOURCES_DIR]
+    if step == "convert":
+        args += ["--converted", "/tmp"]
+    elif step == "publish":
+        args += ["--converted", CONVERTED_DIR]
+    return args
+
+
+def _builder_container(step: str, spec: ModelDeploymentSpec, settings: Settings) -> dict[str, Any]:
+    """One step of the build. Credentials: the fetch step gets the Secret the spec names for
+    its source, the publish step the store's, the convert step (which may unpickle) none."""
+    limits = SourceMounts(
+        pvc_root=PVC_SOURCE_ROOT,
+        max_download_bytes=_bytes(settings.build_download_limit) - VOLUME_SLACK,
+        max_extract_bytes=_bytes(settings.build_scratch_limit) - VOLUME_SLACK,
+    )
+    env = limits.to_env()
+    if step == "publish":
+        env += _secret_env(settings.store_s3_secret)
+    else:
+        # No instance-metadata credentials (a node's identity) for what the spec asks to fetch.
+        env.append({"name": "AWS_EC2_METADATA_DISABLED", "value": "true"})
+        if step == "fetch":
+            env += _secret_env(spec.model.s3.secret_name if spec.model.s3 else None)
+    storage = _bytes(settings.build_download_limit) + 2 * _bytes(settings.build_scratch_limit)
+    ephemeral = f"{(storage + LOG_ALLOWANCE) // 1024**2}Mi"
     return {
-        "name": "builder",
+        "name": "builder" if step == "publish" else step,
         "image": settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "modelship_runtime"],
-        "args": ["build", "--plan", f"{PLAN_DIR}/plan.json"],
+        "args": _step_args(step),
         "env": env,
         "resources": {
-            "requests": {"cpu": settings.build_cpu, "memory": settings.build_memory},
-            "limits": {"memory": settings.build_memory},
+            "requests": {
+                "cpu": settings.build_cpu,
+                "memory": settings.build_memory,
+                "ephemeral-storage": ephemeral,
+            },
+            "limits": {"memory": settings.build_memory, "ephemeral-storage": ephemeral},
         },
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": mounts,
+        "volumeMounts": _step_mounts(step, spec, settings),
     }
 
 
 def build_job(
     spec: ModelDeploymentSpec, target: BuildTarget, owner: Owner, settings: Settings
 ) -> dict[str, Any]:
-    """The builder Job. Its name comes from the digest (or request key), never from the owner."""
+    """The builder Job. Its name comes from the digest (or request key), never from the owner.
+
+    Its pod runs the build's three steps in three containers (docs/builder.md, "Build pods"):
+    ``fetch`` and ``convert`` as init containers, then ``builder``, the publish step. Every
+    container requests and is limited to the ephemeral storage of all volumes together (the
+    pod's limit is the largest of its init containers' and its main container's)."""
     plan_json = target.plan.model_dump_json(by_alias=True, exclude_none=True)
-    volumes, mounts = _build_volumes(spec, settings)
     labels = naming.build_labels(target.key)
     annotations = {
         naming.ANNOTATION_PLAN_KEY: target.plan.plan_key,
@@ -201,10 +281,98 @@ def build_job(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": _pod_security(),
-                    "containers": [_builder_container(spec, settings, mounts)],
-                    "volumes": volumes,
+                    "initContainers": [
+                        _builder_container(step, spec, settings) for step in ("fetch", "convert")
+                    ],
+                    "containers": [_builder_container("publish", spec, settings)],
+                    "volumes": _build_volumes(spec, settings),
                 },
             },
+        },
+    }
+
+
+def _endpoint_port(endpoint: str | None) -> int:
+    """The TCP port of an S3 endpoint (none: AWS S3 over https)."""
+    if not endpoint:
+        return 443
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return port or (80 if parts.scheme == "http" else 443)
+
+
+def _egress_ports(spec: ModelDeploymentSpec, settings: Settings) -> list[int]:
+    """The ports a build connects to: its https and s3 sources', and an S3 store's."""
+    uris = [spec.model.uri]
+    if spec.optimization.calibration and spec.optimization.calibration.uri:
+        uris.append(spec.optimization.calibration.uri)
+    ports = set()
+    for uri in uris:
+        parts = urlsplit(uri)
+        if parts.scheme == "https":
+            ports.add(_endpoint_port(f"https://{parts.netloc}"))
+        elif parts.scheme == "s3":
+            ports.add(_endpoint_port(spec.model.s3.endpoint if spec.model.s3 else None))
+    if settings.uses_s3:
+        ports.add(_endpoint_port(settings.store_s3_endpoint))
+    return sorted(ports)
+
+
+def _egress_peers(settings: Settings) -> list[dict[str, Any]]:
+    """Anywhere but this host, link-local and the cluster's networks (unless allowed)."""
+    if settings.build_internal_sources:
+        return [
+            {"ipBlock": {"cidr": "0.0.0.0/0"}},
+            {"ipBlock": {"cidr": "::/0"}},
+            {"namespaceSelector": {}},
+        ]
+    access = settings.build_policy().source_access
+    denied = [ipaddress.ip_network(cidr) for cidr in access.denied_networks]
+    return [
+        {
+            "ipBlock": {
+                "cidr": everywhere,
+                "except": sorted({str(n) for n in denied if n.version == version}),
+            }
+        }
+        for everywhere, version in (("0.0.0.0/0", 4), ("::/0", 6))
+    ]
+
+
+def build_network_policy(
+    spec: ModelDeploymentSpec, target: BuildTarget, owner: Owner, settings: Settings
+) -> dict[str, Any]:
+    """The NetworkPolicy of the ModelDeployment's build pods: no ingress; egress only to DNS
+    and the ports of its sources and store outside the cluster (nothing at all for pvc://
+    sources and a PVC store), plus the operator's extra rules. The builder checks every
+    address itself too; this keeps the convert step (which may run the model file's code) in
+    the same bounds."""
+    ports = _egress_ports(spec, settings)
+    egress: list[dict[str, Any]] = []
+    if ports:
+        egress += [
+            {
+                "to": [{"namespaceSelector": {}}],
+                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+            },
+            {
+                "to": _egress_peers(settings),
+                "ports": [{"protocol": "TCP", "port": port} for port in ports],
+            },
+        ]
+    egress += settings.build_extra_egress
+    name = naming.build_policy_name(owner.name)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(name, owner, naming.build_labels(target.key)),
+        "spec": {
+            "podSelector": {"matchLabels": naming.build_selector(target.key)},
+            "policyTypes": ["Ingress", "Egress"],
+            "egress": egress,
         },
     }
 
@@ -231,16 +399,35 @@ def _resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
     return out
 
 
+def artifact_path(artifact: Artifact, store_uri: str, namespace: str) -> str:
+    """Where the artifact is below the store's root: ``<namespace>/<hex>``, the namespace's
+    own part of the store, or ``<hex>`` for artifacts published before the store had parts.
+    Anything else (another namespace's part, another store) is refused."""
+    root = store_uri.rstrip("/")
+    if re.fullmatch(DIGEST_PATTERN, artifact.digest):
+        hex_ = naming.hex_of(artifact.digest)
+        for path in (f"{namespace}/{hex_}", hex_):
+            if artifact.uri.rstrip("/") == f"{root}/{path}":
+                return path
+    raise ArtifactLocationError(
+        f"artifact {artifact.digest} is at {redact_uri(artifact.uri)}, not in this namespace's "
+        f"part of the store ({root}/{namespace}/): it was published by another namespace, or "
+        "the store settings changed since it was built; delete the build Job to rebuild it"
+    )
+
+
 def _artifact_volume(
-    artifact: Artifact, settings: Settings
+    artifact: Artifact, settings: Settings, namespace: str
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """(volume, mount, init containers) that put the artifact at MODEL_DIR, read-only."""
+    store_uri = settings.artifact_store().uri
+    path = artifact_path(artifact, store_uri, namespace)
     if settings.uses_s3:
         # The runtime's storage-initializer mode: download, verify, exit.
         download = DownloadConfig(
             model_dir=MODEL_DIR,
             artifact_digest=artifact.digest,
-            artifact_uri=settings.artifact_store().uri,
+            artifact_uri=f"{store_uri.rstrip('/')}/{path}".rsplit("/", 1)[0],
             artifact_s3_endpoint=settings.store_s3_endpoint or None,
             artifact_s3_region=settings.store_s3_region or None,
             download_only=True,
@@ -264,19 +451,12 @@ def _artifact_volume(
             {"name": "model", "mountPath": str(MODEL_DIR), "readOnly": True},
             [fetch],
         )
-    root = f"file://{PVC_MOUNT_PATH}/"
-    if not artifact.uri.startswith(root):
-        raise ArtifactLocationError(
-            f"artifact {artifact.digest} is at {artifact.uri}, outside the store {root}: the "
-            "store settings changed since it was built; delete the build Job to rebuild it"
-        )
-    sub_path = artifact.uri[len(root) :].strip("/")
     return (
         {
             "name": "model",
             "persistentVolumeClaim": {"claimName": settings.store_pvc, "readOnly": True},
         },
-        {"name": "model", "mountPath": str(MODEL_DIR), "subPath": sub_path, "readOnly": True},
+        {"name": "model", "mountPath": str(MODEL_DIR), "subPath": path, "readOnly": True},
         [],
     )
 
@@ -290,6 +470,7 @@ def serving_config(
         model_dir=MODEL_DIR,
         model_name=owner.name,
         artifact_digest=artifact.digest,
+        model_sha256=artifact.model_sha256,
         revision=revision,
         intra_op_threads=serving_threads(spec),
         rest_port=REST_PORT,
@@ -297,6 +478,7 @@ def serving_config(
         metrics_port=METRICS_PORT,
         grpc_enabled=spec.serving.grpc,
         max_batch_size=batching.max_batch_size if batching else 0,
+        drain_deadline_s=DRAIN_DEADLINE_SECONDS,
         **({"max_delay_ms": batching.max_delay_ms} if batching else {}),
     )
 
@@ -327,7 +509,7 @@ def _serving_pod_spec(
     settings: Settings,
     revision: str | None = None,
 ) -> dict[str, Any]:
-    volume, mount, init = _artifact_volume(artifact, settings)
+    volume, mount, init = _artifact_volume(artifact, settings, owner.namespace)
     server = {
         "name": "server",
         "image": settings.runtime_image,

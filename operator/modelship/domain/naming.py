@@ -150,6 +150,16 @@ def build_labels(key: str) -> dict[str, str]:
     return common_labels(COMPONENT_BUILDER) | {LABEL_BUILD: build_key(key)}
 
 
+def build_selector(key: str) -> dict[str, str]:
+    """The pods of the build Job of ``key``."""
+    return {LABEL_BUILD: build_key(key), LABEL_COMPONENT: COMPONENT_BUILDER}
+
+
+def build_policy_name(owner_name: str) -> str:
+    """``<name>-build``: the NetworkPolicy of the ModelDeployment's build pods."""
+    return f"{owner_name}-build"
+
+
 def rest_endpoint(owner: Owner, port: int) -> str:
     return f"http://{serving_name(owner.name)}.{owner.namespace}.svc:{port}"
 

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
-from modelship.api.artifact import ArtifactStore, BuildPlan
+from modelship.api.artifact import DIGEST_PATTERN, ArtifactStore, BuildPlan, SourceAccess
 from modelship.api.quantity import parse_quantity
-from modelship.api.v1alpha1 import ModelDeploymentSpec
+from modelship.api.v1alpha1 import ModelDeploymentSpec, ModelFormat
 from modelship.domain import naming
 
 DEFAULT_CPU = "1"
 DEFAULT_MEMORY = "1Gi"
+PICKLE_REFUSED = (
+    "format sklearn unpickles the model, which runs code from the file, and this operator does "
+    "not build pickles (MODELSHIP_ALLOW_PICKLE is false): export the model to ONNX yourself "
+    "(skl2onnx.to_onnx) and use format onnx, or ask the cluster's administrators to allow "
+    "pickles (chart value build.allowPickle)"
+)
 
 
 def serving_threads(spec: ModelDeploymentSpec) -> int:
@@ -27,12 +34,23 @@ def serving_threads(spec: ModelDeploymentSpec) -> int:
     return max(1, math.floor(parse_quantity(cpu or DEFAULT_CPU)))
 
 
-def build_plan(spec: ModelDeploymentSpec, store: ArtifactStore) -> BuildPlan:
+@dataclass(frozen=True)
+class BuildPolicy:
+    """What the operator lets any build do, whatever its spec asks (operator settings)."""
+
+    allow_pickle: bool = False
+    source_access: SourceAccess = field(default_factory=SourceAccess)
+
+
+def build_plan(
+    spec: ModelDeploymentSpec, store: ArtifactStore, policy: BuildPolicy | None = None
+) -> BuildPlan:
     return BuildPlan(
         source=spec.model,
         optimization=spec.optimization,
         threads=serving_threads(spec),
         store=store,
+        source_access=(policy or BuildPolicy()).source_access,
     )
 
 
@@ -43,6 +61,8 @@ class BuildTarget:
     plan: BuildPlan
     pinned_digest: str | None
     request_key: str
+    refusal: str | None = None
+    """Why the operator will not build this spec (its settings forbid it), if it will not."""
 
     @property
     def key(self) -> str:
@@ -59,7 +79,27 @@ class BuildTarget:
             return naming.index_key_for_digest(self.pinned_digest)
         return naming.index_key_for_request(self.request_key)
 
+    def artifact_uri(self, digest: str) -> str:
+        """Where the plan's store keeps the artifact ``digest``."""
+        return f"{self.plan.store.uri.rstrip('/')}/{naming.hex_of(digest)}"
 
-def build_target(spec: ModelDeploymentSpec, store: ArtifactStore) -> BuildTarget:
-    plan = build_plan(spec, store)
-    return BuildTarget(plan=plan, pinned_digest=plan.pinned_digest, request_key=plan.request_key)
+    def in_store(self, digest: str, uri: str) -> bool:
+        """Whether an artifact found in the index is in this plan's store (the namespace's
+        own part of it): one published elsewhere (another namespace, or the store before it
+        was partitioned) is built again from a source this namespace fetches itself."""
+        return re.fullmatch(DIGEST_PATTERN, digest) is not None and uri == self.artifact_uri(
+            digest
+        )
+
+
+def build_target(
+    spec: ModelDeploymentSpec, store: ArtifactStore, policy: BuildPolicy | None = None
+) -> BuildTarget:
+    policy = policy or BuildPolicy()
+    plan = build_plan(spec, store, policy)
+    refusal = None
+    if spec.model.format == ModelFormat.SKLEARN and not policy.allow_pickle:
+        refusal = PICKLE_REFUSED
+    return BuildTarget(
+        plan=plan, pinned_digest=plan.pinned_digest, request_key=plan.request_key, refusal=refusal
+    )

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from modelship.api.artifact import ArtifactStore
+from modelship.api.artifact import (
+    ALWAYS_DENIED_NETWORKS,
+    CLUSTER_NETWORKS,
+    ArtifactStore,
+    SourceAccess,
+)
+from modelship.api.quantity import parse_quantity
 from modelship.api.v1alpha1 import S3Settings
+from modelship.domain.plan import BuildPolicy
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 PVC_MOUNT_PATH = "/artifacts"
@@ -44,6 +52,18 @@ class Settings(BaseSettings):
         description="Comma-separated namespaces to watch; empty watches the whole cluster.",
     )
     metrics_port: int = Field(default=9095, ge=0, le=65535, description="0 disables metrics.")
+    health_port: int = Field(
+        default=8086,
+        ge=0,
+        le=65535,
+        description="Port of GET /healthz (the liveness probe); 0 disables it.",
+    )
+    watch_check_seconds: float = Field(
+        default=60,
+        gt=0,
+        description="Period of the check that the watch still delivers: a change it has not "
+        "delivered one period after a list showed it fails /healthz.",
+    )
     concurrency: int = Field(default=8, ge=1, le=128, description="Parallel reconciles.")
     resync_seconds: float = Field(
         default=300, gt=0, description="Period of the idle re-check of every ModelDeployment."
@@ -57,6 +77,38 @@ class Settings(BaseSettings):
     build_deadline_seconds: int = Field(default=3600, ge=60, description="Longest build.")
     build_cpu: str = Field(default="2")
     build_memory: str = Field(default="4Gi")
+    build_download_limit: str = Field(
+        default="2Gi",
+        description="Most a build fetches (model and calibration data together): the size "
+        "limit of its download volume.",
+    )
+    build_scratch_limit: str = Field(
+        default="4Gi",
+        description="Size limit of each of a build's two scratch volumes (unpacking and "
+        "conversion; variants). Build pods request and are limited to the download volume "
+        "plus both scratch volumes of ephemeral storage.",
+    )
+    allow_pickle: bool = Field(
+        default=False,
+        description="Build specs with format sklearn (allowPickle: true). Unpickling runs code "
+        "from the model file: it runs in the build pod's convert container, which holds no "
+        "store credentials and cannot write the store.",
+    )
+    build_internal_sources: bool = Field(
+        default=False,
+        description="Let builds fetch from loopback, link-local (cloud metadata) and "
+        "cluster_cidrs addresses; the builders' NetworkPolicy then lets them out there too.",
+    )
+    cluster_cidrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(CLUSTER_NETWORKS),
+        description="Comma-separated CIDRs of the cluster's service and pod networks: builds "
+        "never fetch from them. The default covers the private and shared ranges.",
+    )
+    build_extra_egress: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="More NetworkPolicy egress rules (JSON list) for build pods, e.g. to an "
+        "S3 store inside the cluster.",
+    )
     ready_grace_seconds: float = Field(
         default=60,
         ge=0,
@@ -80,11 +132,23 @@ class Settings(BaseSettings):
         default=None, description="This pod's name (downward API); part of the leader identity."
     )
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "cluster_cidrs", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [n.strip() for n in value.split(",") if n.strip()]
+        return value
+
+    @field_validator("cluster_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.ip_network(v, strict=False)) for v in value]
+
+    @field_validator("build_download_limit", "build_scratch_limit")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if parse_quantity(value) < 64 * 1024**2:
+            raise ValueError(f"{value} is too small for a build: give at least 64Mi")
         return value
 
     @model_validator(mode="after")
@@ -113,8 +177,17 @@ class Settings(BaseSettings):
     def uses_s3(self) -> bool:
         return bool(self.store_s3_bucket)
 
+    def build_policy(self) -> BuildPolicy:
+        """What builds may do, whatever the spec asks."""
+        access = SourceAccess(
+            internal=self.build_internal_sources,
+            denied_networks=[*ALWAYS_DENIED_NETWORKS, *self.cluster_cidrs],
+        )
+        return BuildPolicy(allow_pickle=self.allow_pickle, source_access=access)
+
     def artifact_store(self) -> ArtifactStore:
-        """The store as the build plan names it."""
+        """The whole store; each namespace builds into and serves from its own part of it
+        (:meth:`ArtifactStore.for_namespace`)."""
         if self.store_s3_bucket:
             prefix = self.store_s3_prefix.strip("/")
             uri = (

@@ -1,16 +1,22 @@
 """Command lines of the builder: the Job entry point and ``modelship-build`` for people.
 
-Job: ``python -m modelship_runtime build --plan plan.json``. It prints progress to stderr and one
-JSON line to stdout and to the Kubernetes termination log (when writable):
+Job: ``python -m modelship_runtime build --plan plan.json --step fetch|convert|publish`` in the
+three containers of a build pod (without ``--step``: every step in one process). It prints
+progress to stderr and one JSON line to stdout and to the Kubernetes termination log (when
+writable); the publish step's line is the build's result:
 
     success: {"digest": "sha256:...", "uri": "s3://.../<hex>", "variant": "int8-dynamic",
-              "reused": false}
+              "reused": false, "modelSha256": "<hex>"}
     failure: {"error": "<what is wrong and how to fix it>", "reason": "AccuracyBudget"}
+
+The fetch and convert steps exit 0 when they fail, after leaving the failure for the publish
+step: it reports it as the build's result (the operator reads the main container only).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -21,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelship.api.artifact import ArtifactStore, BuildPlan, Manifest
+from modelship.api.artifact import ArtifactStore, BuildPlan, Manifest, SourceAccess, redact_uri
 from modelship.api.v1alpha1 import (
     AccuracyMetric,
     AccuracySpec,
@@ -40,6 +46,8 @@ from modelship_runtime.store import StoreError
 TERMINATION_LOG = Path("/dev/termination-log")
 # Kubernetes keeps at most 4096 bytes of a termination message.
 _MAX_MESSAGE = 4000
+STEPS = ("fetch", "convert", "publish")
+CLI_ONLY = "file:"
 
 
 def _emit(result: dict[str, Any], termination_log: Path) -> None:
@@ -64,44 +72,141 @@ class _Progress:
         print(f"[{time.monotonic() - self.start:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
+def as_build_error(error: Exception) -> BuildError:
+    """Any failure as a message a person can act on (the operator shows it in the status)."""
+    if isinstance(error, BuildError):
+        return error
+    if isinstance(error, StoreError):
+        return BuildError(str(error), reason="StoreFailed")
+    if isinstance(error, MemoryError):
+        return BuildError(
+            "the build ran out of memory; raise the build memory (MODELSHIP_BUILD_MEMORY, "
+            "chart value build.memory)"
+        )
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {error.filename}" if error.filename else ""
+        return BuildError(
+            f"no space left{where}; raise the build's volumes (MODELSHIP_BUILD_SCRATCH_LIMIT "
+            "and MODELSHIP_BUILD_DOWNLOAD_LIMIT, chart values build.scratchLimit and "
+            "build.downloadLimit)",
+            reason="OutOfSpace",
+        )
+    if isinstance(error, PermissionError):
+        return BuildError(
+            f"permission denied on {error.filename or 'a file'} ({error.strerror}); the "
+            "build pod's volumes must be writable by its user (UID 65532)"
+        )
+    return BuildError(f"the build failed unexpectedly: {type(error).__name__}: {error}")
+
+
+def _result(result: Any) -> dict[str, Any]:
+    return {
+        "digest": result.digest,
+        "uri": result.uri,
+        "variant": result.variant,
+        "reused": result.reused,
+        "modelSha256": result.manifest.model_sha256,
+    }
+
+
 def _run(plan: BuildPlan, termination_log: Path) -> tuple[int, Manifest | None]:
     # Imported here so `--help` and plan errors answer without loading onnxruntime.
     from modelship_runtime.builder.pipeline import build
 
     try:
         result = build(plan, progress=_Progress())
-    except (BuildError, StoreError) as e:
-        reason = e.reason if isinstance(e, BuildError) else "StoreFailed"
-        _emit({"error": str(e), "reason": reason}, termination_log)
+    except Exception as e:  # every failure ends as a message, not a traceback
+        error = as_build_error(e)
+        _emit({"error": error.message, "reason": error.reason}, termination_log)
         return 1, None
-    _emit(
-        {
-            "digest": result.digest,
-            "uri": result.uri,
-            "variant": result.variant,
-            "reused": result.reused,
-        },
-        termination_log,
-    )
+    _emit(_result(result), termination_log)
     return 0, result.manifest
 
 
-def job_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m modelship_runtime build --plan plan.json``: the build Job's entry point."""
+def _cli_only_uris(plan: BuildPlan) -> list[str]:
+    calibration = plan.optimization.calibration
+    uris = [plan.source.uri, *([calibration.uri] if calibration and calibration.uri else [])]
+    return [redact_uri(u) for u in uris if u.startswith(CLI_ONLY)]
+
+
+def _step(plan: BuildPlan, args: argparse.Namespace) -> int:
+    """One step of a build pod (see the module docstring)."""
+    from modelship_runtime.builder import handoff, pipeline
+    from modelship_runtime.io_settings import IOSettings
+
+    progress, io = _Progress(), IOSettings()
+    try:
+        if args.step == "fetch":
+            pipeline.fetch_step(plan, args.sources, io, progress)
+        elif args.step == "convert":
+            pipeline.convert_step(plan, args.sources, args.converted, io, progress)
+        else:
+            result = pipeline.publish_step(
+                plan, args.sources, args.converted, io=io, progress=progress
+            )
+            _emit(_result(result), args.termination_log)
+            return 0
+    except Exception as e:  # every failure ends as a message, not a traceback
+        error = as_build_error(e)
+        _emit({"error": error.message, "reason": error.reason}, args.termination_log)
+        if args.step == "publish":
+            return 1
+        handoff.write_failure(args.sources if args.step == "fetch" else args.converted, error)
+        return 0
+    _emit({"step": args.step, "ok": True}, args.termination_log)
+    return 0
+
+
+def _plan_errors(error: ValidationError) -> str:
+    """The plan's validation errors without the values (a URI may carry credentials)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}" for e in error.errors()
+    )
+
+
+def job_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m modelship_runtime build", description="Build the artifact of a plan."
     )
     parser.add_argument("--plan", required=True, help="build plan JSON file ('-' for stdin)")
     parser.add_argument("--termination-log", type=Path, default=TERMINATION_LOG)
+    parser.add_argument("--step", choices=STEPS, help="run one step of a build pod")
+    parser.add_argument("--sources", type=Path, help="the fetched sources' folder (steps)")
+    parser.add_argument("--converted", type=Path, help="the converted model's folder (steps)")
+    return parser
+
+
+def job_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m modelship_runtime build --plan plan.json``: the build Job's entry point."""
+    parser = job_parser()
     args = parser.parse_args(argv)
+    if args.step and (not args.sources or (args.step != "fetch" and not args.converted)):
+        parser.error(f"--step {args.step} needs --sources" + (
+            "" if args.step == "fetch" else " and --converted"))  # fmt: skip
     try:
         raw = sys.stdin.read() if args.plan == "-" else Path(args.plan).read_text()
         plan = BuildPlan.model_validate_json(raw)
-    except (OSError, ValidationError) as e:
-        message = f"build plan {args.plan} is invalid: {e}; the operator writes it from the spec"
+    except OSError as e:
+        message = f"build plan {args.plan} cannot be read: {e.strerror}"
         _emit({"error": message, "reason": "InvalidPlan"}, args.termination_log)
         return 2
-    return _run(plan, args.termination_log)[0]
+    except ValidationError as e:
+        message = (
+            f"build plan {args.plan} is invalid: {_plan_errors(e)}; the operator writes it "
+            "from the spec"
+        )
+        _emit({"error": message, "reason": "InvalidPlan"}, args.termination_log)
+        return 2
+    if args.step is None:
+        return _run(plan, args.termination_log)[0]
+    if local := _cli_only_uris(plan):
+        message = (
+            f"{', '.join(local)}: file:// sources are for modelship-build on the command line "
+            "only; in a cluster use https://, s3:// or pvc://claim/path"
+        )
+        _emit({"error": message, "reason": "InvalidPlan"}, args.termination_log)
+        return 2
+    return _step(plan, args)
 
 
 def _uri(value: str) -> str:
@@ -173,6 +278,8 @@ def plan_from_args(args: argparse.Namespace) -> BuildPlan:
         store=ArtifactStore(
             uri=_uri(args.store), s3=s3 if args.store.startswith("s3://") else None
         ),
+        # A person's own build, on their own machine: any address is theirs to fetch from.
+        source_access=SourceAccess(internal=True),
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import onnx
+from onnx.external_data_helper import uses_external_data
 
 from modelship.api.v1alpha1 import ModelFormat, ModelSource, TensorDatatype, TensorSpec
 from modelship_runtime.builder import formats
@@ -29,10 +31,31 @@ def _invalid(path: Path, error: object) -> BuildError:
     )
 
 
-def check_onnx(path: Path, out: Path) -> None:
-    """Check ``path`` with onnx.checker, infer shapes, and save the result to ``out``."""
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of a graph: initializers and attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def check_onnx(path: Path, out: Path, *, external_data: bool = True) -> None:
+    """Check ``path`` with onnx.checker, infer shapes, and save the result to ``out``.
+
+    The result is one self-contained file. ``external_data=False`` is for a model another
+    step wrote: it must be self-contained already, since its references to "external" files
+    could name anything this process can read.
+    """
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=external_data)
     except Exception as e:  # protobuf raises DecodeError, RuntimeWarning... on garbage
         kind = formats.sniff(path)
         if kind:
@@ -43,6 +66,8 @@ def check_onnx(path: Path, out: Path) -> None:
         if kind:
             raise formats.unsupported(f"{path.name} is {kind}, not ONNX")
         raise _invalid(path, "the graph has no nodes")
+    if not external_data and any(uses_external_data(t) for t in _tensors(model.graph)):
+        raise _invalid(path, "it refers to external data files, and a converted model may not")
     try:
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)

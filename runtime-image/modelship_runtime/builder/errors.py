@@ -2,6 +2,25 @@
 
 from __future__ import annotations
 
+REASONS = frozenset(
+    {
+        "FetchFailed",
+        "SourceDigestMismatch",
+        "UnsafeArchive",
+        "InvalidModel",
+        "UnsupportedFormat",
+        "PickleNotAllowed",
+        "InvalidCalibration",
+        "OptimizationFailed",
+        "AccuracyBudget",
+        "StoreFailed",
+        "InvalidPlan",
+        "OutOfSpace",
+        "BuildFailed",
+    }
+)
+"""Every reason a build may end with (docs/builder.md)."""
+
 
 class BuildError(Exception):
     """A build that cannot succeed as asked; the message says what is wrong and how to fix it.

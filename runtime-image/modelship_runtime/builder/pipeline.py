@@ -1,4 +1,10 @@
-"""The build: plan -> fetch -> convert -> variants -> validate -> benchmark -> select -> publish."""
+"""The build: plan -> fetch -> convert -> variants -> validate -> benchmark -> select -> publish.
+
+:func:`build` runs every step in one process (``modelship-build``, tests). A build pod runs
+them as three steps in three containers (:func:`fetch_step`, :func:`convert_step`,
+:func:`publish_step`), so that unpickling, which runs the file's code, happens where neither
+the source's nor the store's credentials are, and only the last step can write the store.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +17,21 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from modelship.api.artifact import BUILDER_VERSION, BuildPlan, Manifest, VariantReport
+from modelship.api.artifact import (
+    BUILDER_VERSION,
+    BuildPlan,
+    Manifest,
+    VariantReport,
+    redact_uri,
+)
 from modelship.api.timestamps import format_time, now
 from modelship.api.v1alpha1 import GraphLevel, Precision
-from modelship_runtime.builder import archive, formats, optimize, samples, sessions
+from modelship_runtime.builder import archive, formats, handoff, optimize, samples, sessions
 from modelship_runtime.builder.benchmark import BenchSettings, measure
-from modelship_runtime.builder.convert import to_onnx
+from modelship_runtime.builder.convert import check_onnx, to_onnx
 from modelship_runtime.builder.errors import BuildError
 from modelship_runtime.builder.fetch import Fetched, fetch
+from modelship_runtime.builder.handoff import SourceFile, Sources
 from modelship_runtime.builder.select import Candidate, choose, wanted
 from modelship_runtime.builder.signature import signature_of
 from modelship_runtime.builder.validate import Outputs, compare, run_all, verdict
@@ -51,13 +64,13 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def _source_model(fetched: Fetched, plan: BuildPlan, work: Path, io: IOSettings) -> Path:
-    if not archive.is_archive(fetched.path):
-        return fetched.path
-    if plan.source.format.value == "onnx" and fetched.path.suffix in (".pt", ".pth"):
-        raise formats.unsupported(f"{plan.source.uri} looks like a PyTorch checkpoint")
-    root = archive.extract(fetched.path, work / "unpacked", io)
-    return formats.locate(root, plan.source.format, fetched.path.name)
+def _source_model(source: Path, plan: BuildPlan, work: Path, io: IOSettings) -> Path:
+    if not archive.is_archive(source):
+        return source
+    if plan.source.format.value == "onnx" and source.suffix in (".pt", ".pth"):
+        raise formats.unsupported(f"{redact_uri(plan.source.uri)} looks like a PyTorch checkpoint")
+    root = archive.extract(source, work / "unpacked", io)
+    return formats.locate(root, plan.source.format, source.name)
 
 
 def _build_variant(
@@ -144,12 +157,11 @@ def _candidates(
     return out
 
 
-def _feeds(plan: BuildPlan, original: Path, work: Path, io: IOSettings) -> list[samples.Feed]:
+def _feeds(plan: BuildPlan, original: Path, sources: Sources) -> list[samples.Feed]:
     signature = signature_of(original)
     calibration = plan.optimization.calibration
-    if calibration is not None and calibration.uri is not None:
-        fetched = fetch(calibration.uri, work / "calibration", s3=plan.source.s3, io=io)
-        feeds = samples.load_npz(fetched.path, signature, calibration.samples)
+    if calibration is not None and sources.calibration is not None:
+        feeds = samples.load_npz(sources.calibration.path, signature, calibration.samples)
     else:
         count = samples.GENERATED_SAMPLES
         feeds = samples.generate(
@@ -163,20 +175,17 @@ def _feeds(plan: BuildPlan, original: Path, work: Path, io: IOSettings) -> list[
     return feeds
 
 
-def _convert_and_try_variants(
+def _try_variants(
     plan: BuildPlan,
-    fetched: Fetched,
+    original: Path,
+    sources: Sources,
     work: Path,
-    io: IOSettings,
     bench: BenchSettings,
     progress: Progress,
 ) -> tuple[list[Candidate], list[samples.Feed]]:
-    """Every wanted variant of the converted (and pruned) source, judged, and the sample
-    inputs they were judged on."""
-    progress(f"converting ({plan.source.format.value}) and checking the model")
-    original = work / "original.onnx"
-    to_onnx(_source_model(fetched, plan, work, io), plan.source, original)
-    feeds = _feeds(plan, original, work, io)
+    """Every wanted variant of the checked (and pruned) model, judged, and the sample inputs
+    they were judged on."""
+    feeds = _feeds(plan, original, sources)
     base, sparsity = original, None
     if plan.optimization.pruning.sparsity > 0:
         base = work / "pruned.onnx"
@@ -188,7 +197,7 @@ def _convert_and_try_variants(
 def _manifest(
     plan: BuildPlan,
     index: IndexEntry,
-    fetched: Fetched,
+    fetched: SourceFile,
     chosen: VariantReport,
     model: Path,
     candidates: list[Candidate],
@@ -212,6 +221,96 @@ def _manifest(
     )
 
 
+def _file(fetched: Fetched) -> SourceFile:
+    return SourceFile(path=fetched.path, sha256=fetched.sha256, size=fetched.size)
+
+
+def fetch_sources(
+    plan: BuildPlan, dest: Path, io: IOSettings, progress: Progress, *, copy_local: bool
+) -> Sources:
+    """Fetch the model and the calibration data, within one download budget."""
+    progress(f"fetching {redact_uri(plan.source.uri)}")
+    source = plan.source
+    access = plan.source_access
+    model = fetch(source.uri, dest, s3=source.s3, sha256=source.sha256, io=io, access=access,
+                  copy_local=copy_local)  # fmt: skip
+    progress(f"source sha256 {model.sha256} ({model.size} bytes)")
+    calibration = plan.optimization.calibration
+    if calibration is None or calibration.uri is None:
+        return Sources(model=_file(model))
+    left = io.max_download_bytes - model.size
+    if left <= 0:
+        raise BuildError(
+            "the model used up the download limit, leaving nothing for the calibration data; "
+            "raise MODELSHIP_BUILD_DOWNLOAD_LIMIT (chart value build.downloadLimit)",
+            reason="FetchFailed",
+        )
+    progress(f"fetching calibration data {redact_uri(calibration.uri)}")
+    data = fetch(calibration.uri, dest / "calibration", s3=source.s3, access=access,
+                 io=io.model_copy(update={"max_download_bytes": left}),
+                 copy_local=copy_local)  # fmt: skip
+    return Sources(model=_file(model), calibration=_file(data))
+
+
+def convert_source(
+    plan: BuildPlan, sources: Sources, out: Path, scratch: Path, io: IOSettings, progress: Progress
+) -> Path:
+    """The source as a checked ONNX model in ``out`` (unpickling happens here, if anywhere)."""
+    progress(f"converting ({plan.source.format.value}) and checking the model")
+    source = _source_model(sources.model.path, plan, scratch, io)
+    out.mkdir(parents=True, exist_ok=True)
+    original = out / handoff.ORIGINAL_FILE
+    to_onnx(source, plan.source, original)
+    return original
+
+
+def _index_entry(plan: BuildPlan, sources: Sources) -> IndexEntry:
+    return IndexEntry(
+        digest=plan.artifact_digest(sources.model.sha256),
+        source_sha256=sources.model.sha256,
+        source_uri=redact_uri(plan.source.uri),
+        created_at=format_time(now()),
+    )
+
+
+def _published(
+    plan: BuildPlan, index: IndexEntry, store: Store, progress: Progress
+) -> BuildResult | None:
+    """The artifact, when the store already has it (and the index now says so)."""
+    manifest = store.get_manifest(index.digest)
+    if manifest is None:
+        return None
+    store.put_index(plan.request_key, index)
+    progress(f"artifact {index.digest} already in {store.uri}; nothing to build")
+    return BuildResult(
+        index.digest, store.artifact_uri(index.digest), manifest.variant, manifest, True
+    )
+
+
+def _optimize_and_publish(
+    plan: BuildPlan,
+    index: IndexEntry,
+    sources: Sources,
+    original: Path,
+    work: Path,
+    bench: BenchSettings,
+    progress: Progress,
+    store: Store,
+    started: float,
+) -> BuildResult:
+    candidates, feeds = _try_variants(plan, original, sources, work, bench, progress)
+    chosen = choose(plan.optimization, candidates)
+    assert chosen.path is not None  # choose() only returns built variants
+    manifest = _manifest(
+        plan, index, sources.model, chosen.report, chosen.path, candidates, feeds
+    )
+    elapsed = time.monotonic() - started
+    progress(f"publishing {chosen.report.name} to {store.uri} (built in {elapsed:.1f}s)")
+    uri = store.publish(index.digest, chosen.path, manifest)
+    store.put_index(plan.request_key, index)
+    return BuildResult(index.digest, uri, manifest.variant, manifest, False)
+
+
 def build(
     plan: BuildPlan,
     *,
@@ -232,27 +331,66 @@ def build(
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="modelship-build-", dir=workdir) as tmp:
         work = Path(tmp)
-        progress(f"fetching {plan.source.uri}")
-        fetched = fetch(plan.source.uri, work, s3=plan.source.s3, sha256=plan.source.sha256, io=io)
-        digest = plan.artifact_digest(fetched.sha256)
-        index = IndexEntry(
-            digest=digest,
-            source_sha256=fetched.sha256,
-            source_uri=plan.source.uri,
-            created_at=format_time(now()),
+        sources = fetch_sources(plan, work, io, progress, copy_local=False)
+        index = _index_entry(plan, sources)
+        progress(f"artifact {index.digest}")
+        if (found := _published(plan, index, store, progress)) is not None:
+            return found
+        original = convert_source(plan, sources, work / "converted", work, io, progress)
+        return _optimize_and_publish(
+            plan, index, sources, original, work, bench, progress, store, started
         )
-        progress(f"source sha256 {fetched.sha256} ({fetched.size} bytes); artifact {digest}")
-        if (manifest := store.get_manifest(digest)) is not None:
-            store.put_index(plan.request_key, index)
-            progress(f"artifact {digest} already in {store.uri}; nothing to build")
-            return BuildResult(digest, store.artifact_uri(digest), manifest.variant, manifest, True)
 
-        candidates, feeds = _convert_and_try_variants(plan, fetched, work, io, bench, progress)
-        chosen = choose(plan.optimization, candidates)
-        assert chosen.path is not None  # choose() only returns built variants
-        manifest = _manifest(plan, index, fetched, chosen.report, chosen.path, candidates, feeds)
-        elapsed = time.monotonic() - started
-        progress(f"publishing {chosen.report.name} to {store.uri} (built in {elapsed:.1f}s)")
-        uri = store.publish(digest, chosen.path, manifest)
-        store.put_index(plan.request_key, index)
-    return BuildResult(digest, uri, manifest.variant, manifest, False)
+
+# --- the same build as the three steps of a build pod ---------------------------------------
+
+
+def fetch_step(plan: BuildPlan, sources_dir: Path, io: IOSettings, progress: Progress) -> None:
+    """Step 1 (the source's credentials, no store): the sources into ``sources_dir``."""
+    sources = fetch_sources(plan, sources_dir, io, progress, copy_local=True)
+    handoff.write_sources(sources_dir, sources)
+
+
+def convert_step(
+    plan: BuildPlan, sources_dir: Path, converted_dir: Path, io: IOSettings, progress: Progress
+) -> None:
+    """Step 2 (no credentials, the sources read-only): the ONNX model into ``converted_dir``."""
+    handoff.raise_failure(sources_dir, "fetch")
+    sources = handoff.read_sources(sources_dir)
+    with tempfile.TemporaryDirectory(prefix="modelship-convert-") as scratch:
+        convert_source(plan, sources, converted_dir, Path(scratch), io, progress)
+
+
+def publish_step(
+    plan: BuildPlan,
+    sources_dir: Path,
+    converted_dir: Path,
+    *,
+    io: IOSettings | None = None,
+    bench: BenchSettings | None = None,
+    progress: Progress = _quiet,
+    store: Store | None = None,
+) -> BuildResult:
+    """Step 3 (the store's credentials): check the converted model again as the untrusted
+    input it is, then optimize, validate, benchmark and publish it."""
+    io = io or IOSettings()
+    bench = bench or BenchSettings()
+    handoff.raise_failure(sources_dir, "fetch")
+    sources = handoff.read_sources(sources_dir)
+    store = store or open_store(plan.store, io)
+    index = _index_entry(plan, sources)
+    progress(f"source sha256 {sources.model.sha256}; artifact {index.digest}")
+    if (found := _published(plan, index, store, progress)) is not None:
+        return found
+    handoff.raise_failure(converted_dir, "convert")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="modelship-build-") as tmp:
+        work = Path(tmp)
+        received = work / "received.onnx"
+        handoff.receive(converted_dir / handoff.ORIGINAL_FILE, received, io.max_extract_bytes)
+        original = work / handoff.ORIGINAL_FILE
+        check_onnx(received, original, external_data=False)
+        received.unlink()
+        return _optimize_and_publish(
+            plan, index, sources, original, work, bench, progress, store, started
+        )
