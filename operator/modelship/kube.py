@@ -46,6 +46,8 @@ _COLLECTIONS = {
     "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
     api.KIND: f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{{ns}}/{api.PLURAL}",
+    "HTTPRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes",
+    "GRPCRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/grpcroutes",
 }
 _TIMEOUT = (5, 30)
 _LEASE_TIMEOUT = (2, 4)
@@ -188,7 +190,9 @@ class Kube:
         for path in paths:
             try:
                 page = self._call(
-                    "GET", path, accept="application/json;as=PartialObjectMetadataList;"
+                    "GET",
+                    path,
+                    accept="application/json;as=PartialObjectMetadataList;"
                     "g=meta.k8s.io;v=v1,application/json",
                 )
             except ApiException as e:
@@ -272,6 +276,43 @@ class Kube:
         except ApiException as e:
             if e.status not in (404, 422):
                 raise KubeError(f"adding an owner to {kind} {namespace}/{name}", e) from e
+
+    def json_patch(
+        self, kind: str, namespace: str, name: str, operations: Sequence[dict[str, Any]]
+    ) -> bool:
+        """Apply a JSON patch; False when one of its ``test`` operations failed (the object
+        changed since it was read: read it again next time)."""
+        try:
+            self._call(
+                "PATCH",
+                self._path(kind, namespace, name),
+                body=operations,
+                query=[("fieldManager", naming.MANAGER)],
+                content_type="application/json-patch+json",
+            )
+        except ApiException as e:
+            if e.status == 422 and "test operation" in str(e.body or ""):
+                return False
+            raise KubeError(f"patching {kind} {namespace}/{name}", e) from e
+        return True
+
+    def set_finalizer(self, namespace: str, name: str, finalizer: str, present: bool) -> None:
+        """Add or remove one finalizer of a ModelDeployment, keeping the others."""
+        current = self.get(api.KIND, namespace, name)
+        if current is None:
+            return
+        finalizers: Sequence[str] = current["metadata"].get("finalizers") or []
+        if (finalizer in finalizers) == present:
+            return
+        wanted = [*finalizers, finalizer] if present else [f for f in finalizers if f != finalizer]
+        patch = [
+            {"op": "test", "path": "/metadata/resourceVersion",
+             "value": current["metadata"]["resourceVersion"]},
+            {"op": "replace" if "finalizers" in current["metadata"] else "add",
+             "path": "/metadata/finalizers", "value": wanted},
+        ]  # fmt: skip
+        if not self.json_patch(api.KIND, namespace, name, patch):
+            self.set_finalizer(namespace, name, finalizer, present)
 
     def merge_data(self, namespace: str, name: str, data: dict[str, str | None]) -> None:
         """Add keys to a ConfigMap (created on first use), and remove those whose value is

@@ -32,6 +32,16 @@ RULES: list[dict[str, Any]] = [
     # reconciler.py writes only their status.
     {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["patch"]},
+    # router: gatewayAPI: a finalizer gives the user's routes back before the ModelDeployment
+    # goes (JSON patch of metadata.finalizers only).
+    {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["patch"]},
+    # router: gatewayAPI: the user's routes; only the backendRefs of the rule that points at
+    # the ModelDeployment are patched (a JSON patch guarded by a test of their value).
+    {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["httproutes", "grpcroutes"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
     # Build Jobs: created once per digest; "patch" adds an owner when ModelDeployments share one.
     {
         "apiGroups": ["batch"],

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from modelship.api.serving import GRPC_PORT, REST_PORT
 from modelship.api.timestamps import format_time, now, parse_time
 from modelship.api.types import duration_seconds
 from modelship.api.v1alpha1 import (
@@ -22,8 +23,9 @@ from modelship.api.v1alpha1 import (
     CanaryStatus,
     ModelDeploymentSpec,
     Phase,
+    Router,
 )
-from modelship.domain import artifact_index, desired, health, naming, pod_faults
+from modelship.domain import artifact_index, desired, health, naming, pod_faults, routes
 from modelship.domain.analysis import Accumulator, judge, parse_metrics
 from modelship.domain.lifecycle import (
     Action,
@@ -137,6 +139,8 @@ class _Memory:
     """Reads it refused for good: then nothing can be decided, so nothing is done."""
     status_error: str | None = None
     """The last refused status write, reported once as an Event."""
+    finalizer: bool = False
+    """router: gatewayAPI: the route finalizer is known to be on the ModelDeployment."""
 
 
 class Reconciler:
@@ -181,7 +185,10 @@ class Reconciler:
         if meta.get("deletionTimestamp"):
             # Being deleted (kubectl delete, Argo CD's cascade): the garbage collector removes
             # the children, and a foreground deletion waits for them; recreating one would hold
-            # the deletion forever. Nothing is created, changed or written from now on.
+            # the deletion forever. Nothing is created or changed from now on, but the routes
+            # of the gatewayAPI router are given back first.
+            if ROUTE_FINALIZER in (meta.get("finalizers") or []):
+                self._give_routes_back(body)
             return Outcome(state_from_status(body.get("status") or {}).phase, 3600.0)
         owner = naming.Owner(meta["name"], meta["namespace"], meta["uid"])
         memory = self._memory.setdefault(owner.uid, _Memory())
@@ -329,6 +336,7 @@ class Reconciler:
         problems: list[Problem] = []
         for r in revisions:
             problems += health.rollout_problems(r, r.name)
+        route_weight = self._observe_routes(owner, spec, problems)
         pods: list[dict[str, Any]] | None = None
         canary = before.canary
         legacy = any(r.legacy for r in revisions)
@@ -358,6 +366,7 @@ class Reconciler:
             canary=canary,
             annotations=manual,
             analysis=verdict,
+            route_weight=route_weight,
         )
         return Observation(
             generation, target, stored, build, release, tuple(problems), tuple(faults)
@@ -391,8 +400,10 @@ class Reconciler:
         window = memory.analysis
         interval = duration_seconds(spec.rollout.analysis.interval)
         targets = _targets(pods, canary.revision, stable)
-        if window is not None and window.key == key and (
-            (moment - window.last).total_seconds() < interval
+        if (
+            window is not None
+            and window.key == key
+            and ((moment - window.last).total_seconds() < interval)
         ):
             return None
         texts = self.metrics_reader.read(targets)
@@ -499,6 +510,87 @@ class Reconciler:
                 log.warning("%s/%s: %s", owner.namespace, owner.name, fault.message)
                 faults.append(fault)
         return writes, faults
+
+    # -- router: gatewayAPI -----------------------------------------------------------------
+
+    @staticmethod
+    def _route_refs(spec: ModelDeploymentSpec) -> list[routes.RouteRef]:
+        gateway = spec.rollout.gateway
+        if spec.rollout.router is not Router.GATEWAY_API or gateway is None:
+            return []
+        refs = []
+        if gateway.http_route:
+            refs.append(routes.RouteRef(routes.HTTP_ROUTE, gateway.http_route, REST_PORT))
+        if gateway.grpc_route:
+            refs.append(routes.RouteRef(routes.GRPC_ROUTE, gateway.grpc_route, GRPC_PORT))
+        return refs
+
+    def _observe_routes(
+        self, owner: naming.Owner, spec: ModelDeploymentSpec, problems: list[Problem]
+    ) -> int | None:
+        """The canary weight the routes carry (the lowest); what is wrong with them goes to
+        ``problems`` (a route that is missing, not ours or rejected by its Gateway)."""
+        weights: list[int] = []
+        for ref in self._route_refs(spec):
+            route = self.kube.get(ref.kind, owner.namespace, ref.name)
+            wrong = routes.problem(route, ref, owner.name, owner.namespace)
+            if wrong is not None:
+                problems.append(Problem("RouteNotReady", wrong))
+                continue
+            assert route is not None
+            weight = routes.live_weight(route, owner.name)
+            weights.append(weight or 0)
+        return min(weights) if weights else None
+
+    def _set_route_weights(
+        self, owner: naming.Owner, spec: ModelDeploymentSpec, weight: int, memory: _Memory
+    ) -> int:
+        """Put ``weight`` on the routes' rule that points at us; the rest stays as it is."""
+        refs = self._route_refs(spec)
+        if refs and not memory.finalizer:
+            self.kube.set_finalizer(owner.namespace, owner.name, ROUTE_FINALIZER, True)
+            memory.finalizer = True
+        writes = 0
+        for ref in refs:
+            route = self.kube.get(ref.kind, owner.namespace, ref.name)
+            if route is None or routes.problem(route, ref, owner.name, owner.namespace):
+                continue  # reported by _observe_routes
+            rule = routes.our_rule(route, owner.name)
+            assert rule is not None
+            current = route["spec"]["rules"][rule].get("backendRefs") or []
+            wanted = routes.weighted_backends(
+                current, owner.name, owner.namespace, ref.port, weight
+            )
+            ops = routes.patch(route, rule, wanted)
+            if ops:
+                if self.kube.json_patch(ref.kind, owner.namespace, ref.name, ops):
+                    log.info("%s %s/%s: canary weight %d%%", ref.kind, owner.namespace,
+                             ref.name, weight)  # fmt: skip
+                writes += 1
+        return writes
+
+    def _give_routes_back(self, body: dict[str, Any]) -> None:
+        """Before the ModelDeployment goes: its routes' rule points at ``<name>`` alone again
+        (as before the operator took it), then the finalizer is removed."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
+            refs = self._route_refs(spec)
+        except ValidationError:
+            refs = []
+        for ref in refs:
+            route = self.kube.get(ref.kind, namespace, ref.name)
+            rule = routes.our_rule(route, name) if route is not None else None
+            if route is None or rule is None:
+                continue
+            current = route["spec"]["rules"][rule].get("backendRefs") or []
+            ops = routes.patch(route, rule, routes.given_back(current, name, namespace, ref.port))
+            if ops:
+                self.kube.json_patch(ref.kind, namespace, ref.name, ops)
+                log.info("%s %s/%s given back to Service %s", ref.kind, namespace, ref.name,
+                         name)  # fmt: skip
+        self.kube.set_finalizer(namespace, name, ROUTE_FINALIZER, False)
 
     def _not_ours(self, owner: naming.Owner, obj: dict[str, Any], scope: Scope) -> Fault | None:
         """The conflict when an object of ``obj``'s name exists that we do not control."""
@@ -611,6 +703,7 @@ class Reconciler:
                 self.kube.delete(kind, ns, name)
                 writes += 1
             memory.hashes[key] = None
+        writes += self._set_route_weights(owner, spec, plan.route_weight, memory)
         return writes, None
 
     def _write_status(
@@ -636,9 +729,11 @@ class Reconciler:
         return 1
 
 
-INDEX_FIX = (
-    "the operator keeps its artifact index under this name: rename or delete that ConfigMap"
-)
+ROUTE_FINALIZER = f"{naming.PREFIX}/routes"
+"""router: gatewayAPI: set while the operator holds weights on the user's routes, so that they
+are given back (pointing at ``<name>``) before the ModelDeployment is gone."""
+
+INDEX_FIX = "the operator keeps its artifact index under this name: rename or delete that ConfigMap"
 JOB_FIX = (
     "its name is the build's (from the artifact digest): delete that Job, or change "
     "spec.model or spec.optimization so the build gets another name"

@@ -397,6 +397,44 @@ class Router(StrEnum):
     """How a canary's share of the traffic is realised."""
 
     REPLICAS = "replicas"
+    GATEWAY_API = "gatewayAPI"
+
+
+class GatewayRoutes(APIModel):
+    """The user's Gateway API routes whose rule pointing at this ModelDeployment carries the
+    canary's weight (the rule's backendRefs name Service ``<name>``; the operator sets them to
+    ``<name>-stable`` and ``<name>-canary`` with weights and leaves everything else alone)."""
+
+    http_route: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Name of an HTTPRoute in this namespace (REST clients), e.g. minilm.",
+    )
+    grpc_route: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Name of a GRPCRoute in this namespace (gRPC clients; needs serving.grpc).",
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.httpRoute) || has(self.grpcRoute)",
+            message="name an HTTPRoute (httpRoute), a GRPCRoute (grpcRoute) or both",
+            check=lambda m: m.http_route is not None or m.grpc_route is not None,
+        ),
+        Rule(
+            cel=f"!has(self.httpRoute) || self.httpRoute.matches('{DNS_SUBDOMAIN}')",
+            message="httpRoute must be the name of an HTTPRoute in this namespace",
+            check=lambda m: _matches(DNS_SUBDOMAIN, m.http_route),
+            field_path=".httpRoute",
+        ),
+        Rule(
+            cel=f"!has(self.grpcRoute) || self.grpcRoute.matches('{DNS_SUBDOMAIN}')",
+            message="grpcRoute must be the name of a GRPCRoute in this namespace",
+            check=lambda m: _matches(DNS_SUBDOMAIN, m.grpc_route),
+            field_path=".grpcRoute",
+        ),
+    )
 
 
 class MetricsSource(StrEnum):
@@ -507,7 +545,12 @@ class RolloutSpec(APIModel):
         default=Router.REPLICAS,
         description="replicas (default): one Service selects the pods of both revisions and "
         "the weight is realised by pod counts (the canary has at least one pod); the status "
-        "reports the weight actually achieved.",
+        "reports the weight actually achieved. gatewayAPI: exact per-request weights on the "
+        "Gateway API routes named in gateway (clients go through the Gateway).",
+    )
+    gateway: GatewayRoutes | None = Field(
+        default=None,
+        description="The routes the gatewayAPI router sets weights on (required with it).",
     )
     steps: list[CanaryStep] | None = Field(
         default=None,
@@ -539,6 +582,13 @@ class RolloutSpec(APIModel):
                 or all(a.weight < b.weight for a, b in zip(m.steps, m.steps[1:], strict=False))
             ),
             field_path=".steps",
+        ),
+        Rule(
+            cel="self.router != 'gatewayAPI' || has(self.gateway)",
+            message="router: gatewayAPI needs gateway.httpRoute and/or gateway.grpcRoute: the "
+            "routes whose weights the operator sets",
+            check=lambda m: m.router != Router.GATEWAY_API or m.gateway is not None,
+            field_path=".gateway",
         ),
         Rule(
             cel="self.strategy != 'rolling' || !has(self.steps) || size(self.steps) == 0",

@@ -25,7 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from modelship.api.v1alpha1 import CanaryStatus, ModelDeploymentSpec, Phase, RevisionStatus
+from modelship.api.v1alpha1 import (
+    CanaryStatus,
+    ModelDeploymentSpec,
+    Phase,
+    RevisionStatus,
+    Router,
+)
 from modelship.domain.desired import desired_replicas
 from modelship.domain.observation import (
     STUCK_BUILD_REASONS,
@@ -35,6 +41,7 @@ from modelship.domain.observation import (
     Scope,
 )
 from modelship.domain.release import ServingPlan, release
+from modelship.domain.revisions import GatewayRouter
 
 # --- actions -------------------------------------------------------------------------------
 
@@ -113,7 +120,14 @@ def _next(
     artifact, actions = _resolve(obs)
     if obs.blocked(Scope.INDEX):
         actions = []
-    served = release(spec, artifact, obs.target.request_key, desired_replicas(spec), obs.release)
+    router = (
+        GatewayRouter(obs.release.route_weight)
+        if spec.rollout.router is Router.GATEWAY_API
+        else None
+    )
+    served = release(
+        spec, artifact, obs.target.request_key, desired_replicas(spec), obs.release, router
+    )
     if obs.blocked(Scope.SERVING):
         # Nothing is written, so the release stays where the status says it is.
         served = replace(served, plan=None, events=(), stable=before.stable, canary=before.canary)

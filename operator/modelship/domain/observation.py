@@ -219,6 +219,8 @@ class ReleaseObservation:
     """The manual-control annotations present (promote, promote-full, abort, retry)."""
     analysis: AnalysisResult | None = None
     """A verdict reached this tick (the reconciler scrapes only when one is due)."""
+    route_weight: int | None = None
+    """router: gatewayAPI: the canary's weight the live routes carry (the lowest of them)."""
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from modelship.api.v1alpha1 import (
     RevisionStatus,
     RolloutStrategy,
 )
-from modelship.domain import naming
+from modelship.domain import naming, routes
 from modelship.domain.observation import Artifact, ReleaseObservation, RolloutObservation
 from modelship.domain.revisions import ReplicaRouter, Router, revision_of
 
@@ -75,6 +75,9 @@ class ServingPlan:
     """Revisions to scale to zero and stamp with the time (unless already retired)."""
     delete: tuple[str, ...] = ()
     """Deployments retired longer than scaleDownDelay."""
+    route_weight: int = 0
+    """router: gatewayAPI: the canary's weight to put on the routes now (0 without a canary,
+    and until it has a ready pod)."""
 
 
 @dataclass(frozen=True)
@@ -269,9 +272,8 @@ def _hold(
         revision=stable, digest=seen.artifact.digest, replicas=seen.replicas,
         ready_replicas=seen.ready,
     )  # fmt: skip
-    return Release(
-        ServingPlan(plan_stable, canary_plan), status, canary, Phase.BUILDING, "", ""
-    )
+    plan = ServingPlan(plan_stable, canary_plan, route_weight=obs.route_weight or 0)
+    return Release(plan, status, canary, Phase.BUILDING, "", "")
 
 
 def _steady(tick: _Tick, promoted: CanaryStatus | None = None) -> Release:
@@ -331,8 +333,9 @@ def _rolling(tick: _Tick) -> Release:
         tick.stable = tick.desired
         return _steady(tick)
     retire, delete = tick.others(tick.stable, tick.desired)
+    share = ReplicaRouter().actual_weight(tick.ready(tick.stable), tick.ready(tick.desired))
     plan = ServingPlan(
-        tick.stable_plan(tick.total), tick.desired_plan(tick.total), retire, delete
+        tick.stable_plan(tick.total), tick.desired_plan(tick.total), retire, delete, share
     )
     return Release(
         plan,
@@ -594,9 +597,13 @@ def _at_weight(tick: _Tick, canary: CanaryStatus) -> Release:
     weight = steps[canary.step].weight
     split = tick.router.split(tick.total, weight)
     retire, delete = tick.others(tick.stable, tick.desired)
-    plan = ServingPlan(
-        tick.stable_plan(split.stable), tick.desired_plan(split.canary), retire, delete
+    route_weight = routes.canary_weight(
+        weight, False, tick.ready(tick.stable), tick.ready(tick.desired)
     )
+    plan = ServingPlan(
+        tick.stable_plan(split.stable), tick.desired_plan(split.canary), retire, delete,
+        route_weight,
+    )  # fmt: skip
     canary = _with_pods(tick, canary, weight)
     last = canary.last_analysis
     verdict = f"; last analysis {last.verdict.value}: {last.message}" if last else ""
@@ -652,8 +659,9 @@ def _promoting(tick: _Tick, canary: CanaryStatus) -> Release:
         return _steady(tick, promoted=canary)
     held = tick.revisions[tick.stable].desired
     retire, delete = tick.others(tick.stable, tick.desired)
+    weight = routes.canary_weight(100, True, tick.ready(tick.stable), tick.ready(tick.desired))
     plan = ServingPlan(
-        tick.stable_plan(max(held, 1)), tick.desired_plan(tick.total), retire, delete
+        tick.stable_plan(max(held, 1)), tick.desired_plan(tick.total), retire, delete, weight
     )
     canary = _with_pods(tick, canary, 100)
     return Release(

@@ -34,7 +34,7 @@ class Split:
 
 
 class Router(Protocol):
-    """Realises a canary weight. The Gateway API router (weights on a route) comes later."""
+    """Realises a canary weight: ReplicaRouter (pod counts) or GatewayRouter (route weights)."""
 
     def split(self, total: int, weight: int) -> Split:
         """Pods of each revision when ``total`` pods serve and the canary asks ``weight``%."""
@@ -60,3 +60,18 @@ class ReplicaRouter:
     def actual_weight(self, stable_ready: int, canary_ready: int) -> int:
         serving = stable_ready + canary_ready
         return 0 if serving == 0 else math.floor(100 * canary_ready / serving + 0.5)
+
+
+class GatewayRouter(ReplicaRouter):
+    """router: gatewayAPI. The Gateway sends each request by the weights the operator puts on
+    the user's routes, so the share is exact whatever the pod counts; pods are still sized for
+    the share (as for replicas), so the canary has the capacity its weight asks. The weight
+    achieved is the one the live route carries, once the canary has a ready pod."""
+
+    def __init__(self, route_weight: int | None) -> None:
+        self.route_weight = route_weight
+
+    def actual_weight(self, stable_ready: int, canary_ready: int) -> int:
+        if canary_ready == 0 or self.route_weight is None:
+            return 0
+        return self.route_weight
