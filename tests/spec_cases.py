@@ -157,6 +157,25 @@ INVALID_CASES = [
         "spec.scaling.targetCPUUtilization",
         _set("spec.scaling.targetCPUUtilization", 150),
     ),
+    # router: gatewayAPI names the routes it sets weights on; names, never ns/name.
+    InvalidCase(
+        "gateway-router-without-routes",
+        "spec.rollout.gateway",
+        _set("spec.rollout", {"router": "gatewayAPI"}),
+    ),
+    InvalidCase(
+        "gateway-route-of-another-namespace",
+        "spec.rollout.gateway.httpRoute",
+        _set("spec.rollout", {"router": "gatewayAPI", "gateway": {"httpRoute": "team-b/r"}}),
+    ),
+    InvalidCase(
+        "gateway-grpc-route-without-grpc",
+        "spec.rollout.gateway.grpcRoute",
+        _all(
+            _set("spec.serving", {"grpc": False}),
+            _set("spec.rollout", {"router": "gatewayAPI", "gateway": {"grpcRoute": "r"}}),
+        ),
+    ),
     InvalidCase(
         "steps-decreasing",
         "spec.rollout.steps",

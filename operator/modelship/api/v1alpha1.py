@@ -633,6 +633,16 @@ class ModelDeploymentSpec(APIModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
+            cel="!has(self.rollout) || !has(self.rollout.gateway) || "
+            "!has(self.rollout.gateway.grpcRoute) || !has(self.serving) || "
+            "!has(self.serving.grpc) || self.serving.grpc",
+            message="rollout.gateway.grpcRoute needs gRPC: remove it or set serving.grpc: true",
+            check=lambda m: m.rollout.gateway is None
+            or m.rollout.gateway.grpc_route is None
+            or m.serving.grpc,
+            field_path=".rollout.gateway.grpcRoute",
+        ),
+        Rule(
             cel=f"!self.model.uri.startsWith('{CLI_ONLY_SCHEME}')",
             message="model.uri: file:// is for modelship-build on the command line only; a "
             "ModelDeployment reads its model from https://, s3:// or pvc://claim/path",
