@@ -141,6 +141,23 @@ def test_a_missing_foreign_or_rejected_route_is_a_problem_that_names_it() -> Non
     assert routes.problem(route([OUR_RULE]), ref, "minilm", NS) is None
 
 
+def _resolved_refs_false(message: str) -> dict[str, Any]:
+    return route([OTHER_RULE, OUR_RULE], parents=[{"parentRef": {"name": "public"},
+        "conditions": [{"type": "Accepted", "status": "True"},
+                       {"type": "ResolvedRefs", "status": "False", "reason": "RefNotPermitted",
+                        "message": message}]}])  # fmt: skip
+
+
+def test_unresolved_refs_stop_us_only_when_they_are_our_services() -> None:
+    ref = routes.RouteRef(routes.HTTP_ROUTE, "minilm", 8080)
+    theirs = _resolved_refs_false("Cannot load HTTPBackendRef core/Service/default/kubernetes")
+    assert routes.problem(theirs, ref, "minilm", NS) is None, "another rule's broken backend"
+    ours = _resolved_refs_false("Cannot load HTTPBackendRef core/Service/ml/minilm-canary")
+    why = routes.problem(ours, ref, "minilm", NS)
+    assert why is not None
+    assert "not ResolvedRefs" in why
+
+
 @pytest.mark.parametrize(
     ("desired", "promoting", "stable", "canary", "expected"),
     [(None, False, 2, 0, 0), (10, False, 2, 0, 0), (10, False, 2, 1, 10),

@@ -148,15 +148,27 @@ def problem(
     for parent in route.get("status", {}).get("parents") or []:
         gateway = parent.get("parentRef", {}).get("name", "?")
         for condition in parent.get("conditions") or []:
-            if (
-                condition.get("type") in ("Accepted", "ResolvedRefs")
-                and condition.get("status") == "False"
+            if condition.get("status") != "False":
+                continue
+            # Unresolved refs are route-wide: only those naming one of our Services stop us (a
+            # broken backend of another rule is its owner's business, our rule still routes).
+            if condition.get("type") == "Accepted" or (
+                condition.get("type") == "ResolvedRefs"
+                and _names_ours(condition.get("message", ""), owner_name, namespace)
             ):
                 return (
                     f"{where} is not {condition['type']} by Gateway {gateway}: "
                     f"{condition.get('reason', '')}: {condition.get('message', '')}"
                 )
     return None
+
+
+def _names_ours(message: str, owner_name: str, namespace: str) -> bool:
+    """Whether an unresolved-refs message is about one of our Services (or says nothing)."""
+    return not message or any(
+        f"{namespace}/{service}" in message or f"Service {service}" in message
+        for service in _ours(owner_name)
+    )
 
 
 def canary_weight(
