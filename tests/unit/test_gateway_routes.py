@@ -108,8 +108,21 @@ def test_weights_are_read_back_and_a_later_step_rewrites_only_our_two_backends()
     assert len(at50["spec"]["rules"][0]["backendRefs"]) == 3
     back = routes.given_back(at50["spec"]["rules"][0]["backendRefs"], "minilm", NS, 8080)
     assert back == [OUR_RULE["backendRefs"][0],
-                    {"name": "minilm", "port": 8080,
-                     "filters": OUR_RULE["backendRefs"][1]["filters"]}]  # fmt: skip
+                    {"group": "", "kind": "Service", "name": "minilm", "port": 8080,
+                     "weight": 1, "filters": OUR_RULE["backendRefs"][1]["filters"]}]  # fmt: skip
+
+
+def test_what_the_api_server_defaults_reads_back_as_unchanged() -> None:
+    before = route([OUR_RULE])
+    wanted = routes.weighted_backends(OUR_RULE["backendRefs"], "minilm", NS, 8080, 10)
+    stored = _applied(before, routes.patch(before, 0, wanted))
+    for backend in stored["spec"]["rules"][0]["backendRefs"]:
+        backend.setdefault("group", "")
+        backend.setdefault("kind", "Service")
+        backend.setdefault("weight", 1)
+    again = routes.weighted_backends(stored["spec"]["rules"][0]["backendRefs"], "minilm", NS,
+                                     8080, 10)  # fmt: skip
+    assert routes.patch(stored, 0, again) == [], "no write when nothing changed"
 
 
 def test_a_backend_in_another_namespace_or_of_another_kind_is_not_ours() -> None:

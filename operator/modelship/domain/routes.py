@@ -23,6 +23,8 @@ VERSION = "v1"
 HTTP_ROUTE = "HTTPRoute"
 GRPC_ROUTE = "GRPCRoute"
 PLURALS = {HTTP_ROUTE: "httproutes", GRPC_ROUTE: "grpcroutes"}
+SERVICE = {"group": "", "kind": "Service"}
+"""A backendRef's defaults (the API server fills them in)."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,13 @@ def weighted_backends(
     first = next(b for b in backends if _is_our_backend(b, owner_name, namespace))
     extra = {k: v for k, v in first.items() if k not in ("group", "kind", "name", "namespace",
                                                           "port", "weight")}  # fmt: skip
+    # Written with the values the API server defaults (group, kind), so what is read back
+    # equals what was written and an unchanged weight costs no patch.
     ours = [
-        {**extra, "name": naming.stable_service_name(owner_name), "port": port,
+        {**extra, **SERVICE, "name": naming.stable_service_name(owner_name), "port": port,
          "weight": 100 - weight},
-        {**extra, "name": naming.canary_service_name(owner_name), "port": port, "weight": weight},
+        {**extra, **SERVICE, "name": naming.canary_service_name(owner_name), "port": port,
+         "weight": weight},
     ]  # fmt: skip
     result: list[dict[str, Any]] = []
     for b in backends:
@@ -96,7 +101,10 @@ def given_back(
         if not _is_our_backend(b, owner_name, namespace):
             result.append(b)
         elif b is first:
-            result.append({**extra, "name": naming.serving_name(owner_name), "port": port})
+            result.append(
+                {**extra, **SERVICE, "name": naming.serving_name(owner_name), "port": port,
+                 "weight": 1}
+            )  # fmt: skip
     return result
 
 
