@@ -8,6 +8,7 @@
 # Usage: hack/build-k8s.sh [component ...]   (default: etcd kube-apiserver kube-controller-manager)
 # Components: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
 #             helm coredns metrics-server argocd traefik prometheus promtool
+#             prometheus-operator-crds (a folder of CRDs, not a binary)
 # Output: $MODELSHIP_CACHE/bin/<component>-<version> (default cache: ~/.cache/modelship);
 # prints component=path for each on stdout, progress on stderr.
 set -euo pipefail
@@ -21,6 +22,7 @@ ARGOCD_VERSION="${ARGOCD_VERSION:-v3.6.1}"
 TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.6.12}"
 GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.4.0}"
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"  # Prometheus 3.16
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 # Argo CD's go.mod asks for Go 1.27; the go command fetches that toolchain through the proxy.
 ARGOCD_GOTOOLCHAIN="${ARGOCD_GOTOOLCHAIN:-go1.27.3}"
 CACHE="${MODELSHIP_CACHE:-$HOME/.cache/modelship}"
@@ -217,6 +219,21 @@ for c in "${components[@]}"; do
         dir=$(main_module_workdir prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION")
         (cd "$dir" && GOWORK=off GOFLAGS="-tags=remove_all_sd,enable_kubernetes_sd" \
           build_module "$c" "$dir" "./cmd/$c" "$out" "-X $v.Version=3.16.0 -X $v.Revision=$PROMETHEUS_VERSION -X $v.Branch=release")
+      fi
+      ;;
+    prometheus-operator-crds)
+      # The monitoring.coreos.com CRDs of the chart's PodMonitor, ServiceMonitor and
+      # PrometheusRule, so that a real API server validates those objects (nothing is built).
+      out="$BIN/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
+      if [ ! -f "$out/.done" ]; then
+        log "prometheus-operator-crds: fetching github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION"
+        src=$(cd "$CACHE" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+        rm -rf "$out" && mkdir -p "$out"
+        for kind in podmonitors servicemonitors prometheusrules; do
+          cp "$src/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$out/"
+        done
+        chmod 644 "$out"/*.yaml
+        touch "$out/.done"
       fi
       ;;
     kube-*|kubectl|kubelet)

@@ -67,11 +67,18 @@ def helm(*args: str, values: dict[str, Any] | None = None) -> subprocess.Complet
 
 
 def template_text(
-    values: dict[str, Any] | None = None, *, namespace: str = NAMESPACE, crds: bool = False
+    values: dict[str, Any] | None = None,
+    *,
+    namespace: str = NAMESPACE,
+    crds: bool = False,
+    api_versions: tuple[str, ...] = (),
 ) -> str:
+    """``api_versions``: what the cluster serves beyond the built-in kinds (``--api-versions``)."""
     args = ["template", RELEASE, str(CHART), "--namespace", namespace]
     if crds:
         args.append("--include-crds")
+    for api in api_versions:
+        args += ["--api-versions", api]
     result = helm(*args, values=values)
     if result.returncode != 0:
         raise AssertionError(f"helm template failed:\n{result.stderr}")
@@ -104,3 +111,24 @@ def operator_env(objects: list[dict[str, Any]]) -> dict[str, str]:
             section, key = field.split(".")
             env[e["name"]] = pod[section][key]
     return env
+
+
+MONITORING_KINDS = ("PodMonitor", "ServiceMonitor", "PrometheusRule")
+MONITORING_APIS = tuple(f"monitoring.coreos.com/v1/{kind}" for kind in MONITORING_KINDS)
+"""The Prometheus Operator's kinds the monitoring kit renders where the cluster serves them."""
+MONITORING_PARTS = ("podMonitor", "serviceMonitor", "rules", "dashboard")
+
+
+def with_monitoring(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``values`` with every part of the monitoring kit enabled (its own settings kept)."""
+    values = dict(values or {})
+    monitoring = dict(values.get("monitoring") or {})
+    for part in MONITORING_PARTS:
+        monitoring[part] = {"enabled": True} | (monitoring.get(part) or {})
+    return values | {"monitoring": monitoring}
+
+
+def rule_groups(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The chart's PrometheusRule as a Prometheus rule file (``{"groups": [...]}``)."""
+    objects = template(with_monitoring(values), api_versions=MONITORING_APIS)
+    return {"groups": one(objects, "PrometheusRule")["spec"]["groups"]}

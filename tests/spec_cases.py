@@ -53,6 +53,16 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return mutate
 
 
+def _metric(**fields: Any) -> dict[str, Any]:
+    """A valid user-defined check of source: prometheus, with ``fields`` changed."""
+    return {"name": "accuracy", "query": 'avg(accuracy{revision="{{ revision }}"})',
+            "min": 0.9} | fields  # fmt: skip
+
+
+def _prometheus(*metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"source": "prometheus", "metrics": list(metrics)}
+
+
 def _all(*mutations: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
     def mutate(obj: dict[str, Any]) -> None:
         for m in mutations:
@@ -209,9 +219,49 @@ INVALID_CASES = [
         ),
     ),
     InvalidCase(
-        "source-not-implemented",
+        "source-unknown",
         "spec.rollout.analysis.source",
-        _set("spec.rollout.analysis", {"source": "prometheus"}),
+        _set("spec.rollout.analysis", {"source": "datadog"}),
+    ),
+    InvalidCase(
+        "metrics-without-prometheus",
+        "spec.rollout.analysis.metrics",
+        _set("spec.rollout.analysis", {"metrics": [_metric()]}),
+    ),
+    InvalidCase(
+        "metric-name-with-a-space",
+        "spec.rollout.analysis.metrics[0].name",
+        _set("spec.rollout.analysis", _prometheus(_metric(name="my accuracy"))),
+    ),
+    InvalidCase(
+        "metric-name-of-a-built-in-check",
+        "spec.rollout.analysis.metrics[0].name",
+        _set("spec.rollout.analysis", _prometheus(_metric(name="successRate"))),
+    ),
+    InvalidCase(
+        "metric-placeholder-unknown",
+        "spec.rollout.analysis.metrics[0].query",
+        _set("spec.rollout.analysis", _prometheus(_metric(query='up{r="{{ revison }}"}'))),
+    ),
+    InvalidCase(
+        "metric-placeholder-unclosed",
+        "spec.rollout.analysis.metrics[0].query",
+        _set("spec.rollout.analysis", _prometheus(_metric(query='up{r="{{ revision }"}'))),
+    ),
+    InvalidCase(
+        "metric-without-range",
+        "spec.rollout.analysis.metrics[0]",
+        _set("spec.rollout.analysis", _prometheus({"name": "accuracy", "query": "vector(1)"})),
+    ),
+    InvalidCase(
+        "metric-min-above-max",
+        "spec.rollout.analysis.metrics[0].min",
+        _set("spec.rollout.analysis", _prometheus(_metric(min=0.9, max=0.5))),
+    ),
+    InvalidCase(
+        "metric-names-repeated",
+        "spec.rollout.analysis.metrics",
+        _set("spec.rollout.analysis", _prometheus(_metric(), _metric(min=0.5))),
     ),
     InvalidCase(
         "latency-ratio-below-one",

@@ -72,6 +72,7 @@ def config() -> dict[str, Any]:
             },
             {
                 "job_name": "modelship-operator",
+                "honor_labels": True,  # its series name the ModelDeployment's namespace
                 "kubernetes_sd_configs": [{"role": "pod"}],
                 "relabel_configs": [
                     _keep(f"{pods}label_app_kubernetes_io_name", "modelship"),

@@ -57,9 +57,12 @@ def helm_install(
     extra: list[str] | None = None,
     chart: Path = CHART,
     operator_image: str | None = None,
+    prometheus_url: str | None = None,
 ) -> None:
     """``helm upgrade --install`` the chart with the local images and a store PVC per namespace
-    (``chart`` and ``operator_image`` name another version, for the upgrade test)."""
+    (``chart`` and ``operator_image`` name another version, for the upgrade test;
+    ``prometheus_url`` is the chart's analysis.prometheus.url, e.g. ``http://`` +
+    :func:`localkube.prometheus.address`)."""
     helm = binaries.ensure(("helm",))["helm"]
     # Helm installs a chart's CRDs once and never upgrades them; apply them like an upgrade would.
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(chart / "crds"))
@@ -82,6 +85,8 @@ def helm_install(
         "reconcile.pollSeconds": "3",
         "reconcile.readyGraceSeconds": "30",
     }
+    if prometheus_url:
+        sets["analysis.prometheus.url"] = prometheus_url
     args = [
         str(helm),
         f"--kubeconfig={cluster.kubeconfig}",
@@ -98,7 +103,7 @@ def helm_install(
     ]
     for key, value in sets.items():
         args += [
-            "--set-string" if key.endswith(("tag", "cpu", "memory")) else "--set",
+            "--set-string" if key.endswith(("tag", "cpu", "memory", "url")) else "--set",
             f"{key}={value}",
         ]
     args += ["--set", "store.pvc.namespaces={" + ",".join(namespaces) + "}"]

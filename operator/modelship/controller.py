@@ -83,6 +83,7 @@ class Controller:
     def remove(self, key: Key) -> None:
         self._bodies.pop(key, None)
         self._phases.pop(key, None)
+        self._metrics.set_phases(self._phases)
         self._errors.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer:
@@ -236,5 +237,5 @@ class Controller:
         self._metrics.reconciles.labels("ok").inc()
         if key in self._bodies:
             self._phases[key] = outcome.phase.value
-            self._metrics.set_phases(Counter(self._phases.values()))
+            self._metrics.set_phases(self._phases)
         return outcome.requeue_after

@@ -21,12 +21,13 @@ from modelship.api.v1alpha1 import (
     AnalysisResult,
     AnalysisVerdict,
     CanaryStatus,
+    MetricsSource,
     ModelDeploymentSpec,
     Phase,
     Router,
 )
-from modelship.domain import artifact_index, desired, health, naming, pod_faults, routes
-from modelship.domain.analysis import Accumulator, judge, parse_metrics
+from modelship.domain import artifact_index, desired, health, naming, pod_faults, promql, routes
+from modelship.domain.analysis import Accumulator, judge, judge_answers, parse_metrics
 from modelship.domain.lifecycle import (
     Action,
     AdoptBuild,
@@ -67,6 +68,7 @@ from modelship.domain.status import (
 )
 from modelship.kube import Kube, KubeError
 from modelship.metrics import OperatorMetrics
+from modelship.prometheus import PrometheusClient, QueryRunner
 from modelship.scrape import MetricsReader, PodScraper, Target
 
 log = logging.getLogger(__name__)
@@ -151,11 +153,16 @@ class Reconciler:
         metrics: OperatorMetrics,
         metrics_reader: MetricsReader | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prometheus: QueryRunner | None = None,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.metrics = metrics
         self.metrics_reader = metrics_reader or PodScraper()
+        self.prometheus = prometheus or (
+            PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
+        )
+        """analysis.source: prometheus; None where the operator was not given a Prometheus."""
         self.clock = clock
         """Monotonic seconds, for the backoff of refused requests."""
         self.store = settings.artifact_store()
@@ -238,6 +245,7 @@ class Reconciler:
         memory.acting.settle(obs.generation, faults, self.clock(), self.settings)
         if faults:
             state, actions = step(before, replace(obs, faults=obs.faults + tuple(faults)), spec)
+        self.metrics.observe_step(owner.namespace, owner.name, before, state)
         for action in actions:
             if isinstance(action, Emit):
                 self.kube.post_event(owner, action.type, action.reason, action.message, "modelship")
@@ -350,9 +358,12 @@ class Reconciler:
         verdict = None
         if analysing and canary is not None and before.stable is not None and pods is not None:
             cpu = time.process_time()
-            verdict = self._analyse(spec, canary, before.stable.revision, pods, memory, moment)
+            stable = before.stable.revision
+            verdict = self._analyse(owner, spec, canary, stable, pods, memory, moment)
             if verdict is not None:
-                self.metrics.observe_analysis(verdict.verdict.value, time.process_time() - cpu)
+                self.metrics.observe_analysis(
+                    ns, owner.name, verdict.verdict.value, time.process_time() - cpu
+                )
         manual = {
             key: value
             for key, value in annotations.items()
@@ -388,6 +399,7 @@ class Reconciler:
 
     def _analyse(
         self,
+        owner: naming.Owner,
         spec: ModelDeploymentSpec,
         canary: CanaryStatus,
         stable: str,
@@ -395,7 +407,10 @@ class Reconciler:
         memory: _Memory,
         moment: datetime,
     ) -> AnalysisResult | None:
-        """Scrape both revisions' ready pods; a verdict when an interval of traffic is in."""
+        """A verdict when an interval of traffic is in: from both revisions' ready pods, or,
+        with source: prometheus, from Prometheus."""
+        if spec.rollout.analysis.source is MetricsSource.PROMETHEUS:
+            return self._ask_prometheus(owner, spec, canary, stable, memory, moment)
         key = (canary.revision, canary.attempt, canary.step)
         window = memory.analysis
         interval = duration_seconds(spec.rollout.analysis.interval)
@@ -438,6 +453,52 @@ class Reconciler:
         window.last = moment
         if result.verdict is not AnalysisVerdict.INCONCLUSIVE:
             accumulator.reset()
+            window.since = moment
+        return result
+
+    def _ask_prometheus(
+        self,
+        owner: naming.Owner,
+        spec: ModelDeploymentSpec,
+        canary: CanaryStatus,
+        stable: str,
+        memory: _Memory,
+        moment: datetime,
+    ) -> AnalysisResult | None:
+        """Query Prometheus over the traffic since the last verdict, once an interval is in.
+
+        Prometheus keeps the history, so no baseline is needed: after an operator restart the
+        step's last verdict marks where the traffic to judge starts.
+        """
+        key = (canary.revision, canary.attempt, canary.step)
+        interval = duration_seconds(spec.rollout.analysis.interval)
+        window = memory.analysis
+        if window is None or window.key != key:
+            last = canary.last_analysis
+            since = parse_time(last.time) if last and _analysed_this_step(canary) else None
+            since = min(since or moment, moment)
+            window = _AnalysisWindow(key, Accumulator(), since, since)
+            memory.analysis = window
+        if (moment - window.last).total_seconds() < interval:
+            return None
+        window.last = moment
+        seconds = (moment - window.since).total_seconds()
+        if self.prometheus is None:
+            return AnalysisResult(
+                time=format_time(moment),
+                verdict=AnalysisVerdict.INCONCLUSIVE,
+                interval_seconds=seconds,
+                message="analysis source: prometheus, but this operator was given no "
+                "Prometheus: install it with the chart value analysis.prometheus.url (the "
+                "MODELSHIP_PROMETHEUS_URL setting), or use source: pods",
+                errors=1,
+            )
+        analysis = spec.rollout.analysis
+        target = promql.Target(owner.namespace, owner.name, canary.revision, stable, seconds)
+        queries = promql.analysis_queries(analysis, target)
+        answers = self.prometheus.ask(queries, moment)
+        result = judge_answers(queries, answers, analysis, format_time(moment), seconds)
+        if result.verdict is not AnalysisVerdict.INCONCLUSIVE:
             window.since = moment
         return result
 

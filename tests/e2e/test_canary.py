@@ -7,19 +7,17 @@ several times slower than the stable. Analysis runs every 5 s on the pods' own /
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from canary_models import BAD_X, GOOD_X, calibration_rows, canary_model
+from canary_models import BAD_X, GOOD_X
+from e2e_models import Models, canary_of, events
 from localkube import Cluster, stack
 from localkube.load import HeyLoad, LoadResult, infer_body, wait_until_serving
 
@@ -31,41 +29,11 @@ INTERVAL_S = 5
 FAILURE_LIMIT = 2
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class Models:
-    """The test models, each copied once into the namespace's models PVC."""
-
-    def __init__(self, cluster: Cluster, workdir: Path) -> None:
-        self.cluster, self.workdir = cluster, workdir
-        self.prefix = f"canary-{uuid.uuid4().hex[:6]}"
-        self.uris: dict[str, tuple[str, str]] = {}
-
-    def get(self, name: str, **kind: Any) -> tuple[str, str]:
-        if name not in self.uris:
-            seed = 11 if name == "v1" else 12
-            path = canary_model(self.workdir / f"{name}.onnx", seed=seed, **kind)
-            uri = stack.seed_model(self.cluster, NS, path, f"{self.prefix}/{name}.onnx")
-            self.uris[name] = (uri, _sha256(path))
-        return self.uris[name]
-
-    def calibration(self) -> str:
-        """Samples every version runs on (the failing one needs x[:,0] <= 0 to be built)."""
-        if "calibration" not in self.uris:
-            path = self.workdir / "calibration.npz"
-            np.savez(path, x=calibration_rows())
-            uri = stack.seed_model(self.cluster, NS, path, f"{self.prefix}/calibration.npz")
-            self.uris["calibration"] = (uri, "")
-        return self.uris["calibration"][0]
-
-
 @pytest.fixture(scope="module")
 def models(modelship: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Models:
-    return Models(modelship, tmp_path_factory.mktemp("canary-models"))
+    return Models(
+        modelship, tmp_path_factory.mktemp("canary-models"), f"canary-{uuid.uuid4().hex[:6]}"
+    )
 
 
 def _spec(models: Models, version: str, rollout: dict[str, Any], **kind: Any) -> dict[str, Any]:
@@ -122,8 +90,7 @@ def _url(cluster: Cluster, name: str) -> str:
     return url
 
 
-def _canary(obj: dict[str, Any]) -> dict[str, Any]:
-    return dict(obj.get("status", {}).get("canary") or {})
+_canary = canary_of
 
 
 def _watch_release(
@@ -148,12 +115,7 @@ def _watch_release(
         time.sleep(0.5)
 
 
-def _events(cluster: Cluster, name: str) -> dict[str, str]:
-    out = cluster.kubectl(
-        "get", "events", "-n", NS, "--field-selector", f"involvedObject.name={name}",
-        "-o", "json",
-    ).stdout  # fmt: skip
-    return {e["reason"]: e["message"] for e in json.loads(out)["items"]}
+_events = events
 
 
 def _phase(obj: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ reports — sync status, health and our message — next to the ModelDeployment 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -25,7 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from canary_models import BAD_X, GOOD_X, calibration_rows, canary_model
+from canary_models import BAD_X, GOOD_X
+from e2e_models import Models
 from localkube import Cluster, argocd, stack
 from localkube.load import HeyLoad, infer_body, wait_until_serving
 from polling import wait_for
@@ -79,38 +79,9 @@ class Git:
         return self.git("rev-parse", "HEAD")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class Models:
-    """Test models (the canary MLP family), each copied once into the namespace's models PVC."""
-
-    def __init__(self, cluster: Cluster, workdir: Path) -> None:
-        self.cluster, self.workdir = cluster, workdir
-        self.uris: dict[str, tuple[str, str]] = {}
-
-    def get(self, name: str, seed: int, **kind: Any) -> tuple[str, str]:
-        if name not in self.uris:
-            path = canary_model(self.workdir / f"{name}.onnx", seed=seed, **kind)
-            uri = stack.seed_model(self.cluster, NS, path, f"gitops/{name}.onnx")
-            self.uris[name] = (uri, _sha256(path))
-        return self.uris[name]
-
-    def calibration(self) -> str:
-        if "calibration" not in self.uris:
-            import numpy as np
-
-            path = self.workdir / "calibration.npz"
-            np.savez(path, x=calibration_rows())
-            uri = stack.seed_model(self.cluster, NS, path, "gitops/calibration.npz")
-            self.uris["calibration"] = (uri, "")
-        return self.uris["calibration"][0]
-
-
 @pytest.fixture(scope="module")
 def models(gitops: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Models:
-    return Models(gitops, tmp_path_factory.mktemp("gitops-models"))
+    return Models(gitops, tmp_path_factory.mktemp("gitops-models"), "gitops")
 
 
 def manifest(models: Models, name: str, version: str, seed: int, **kind: Any) -> dict[str, Any]:

@@ -403,12 +403,15 @@ def test_metrics_after_traffic(server: ServerProcess) -> None:
     httpx.post(server.rest + "/v2/models/model/infer", json=infer_body())
     httpx.post(server.rest + "/v2/models/whatever/infer", json=infer_body())
     text = httpx.get(server.metrics_url).text
-    assert 'modelship_requests_total{code="200",model="model",protocol="rest"}' in text
-    assert 'modelship_requests_total{code="404",model="_unknown",protocol="rest"}' in text
-    assert 'modelship_requests_total{code="200",model="model",protocol="grpc"}' in text
+    # The test server is not told a revision: the label is there, empty.
+    assert 'modelship_requests_total{code="200",model="model",protocol="rest",revision=""}' in text
+    assert (
+        'modelship_requests_total{code="404",model="_unknown",protocol="rest",revision=""}' in text
+    )
+    assert 'modelship_requests_total{code="200",model="model",protocol="grpc",revision=""}' in text
     assert "modelship_request_duration_seconds_bucket{" in text
-    assert 'modelship_requests_in_flight{model="model"} 0.0' in text
-    assert 'modelship_input_drift_score{input="input",model="model"}' in text
+    assert 'modelship_requests_in_flight{model="model",revision=""} 0.0' in text
+    assert 'modelship_input_drift_score{input="input",model="model",revision=""}' in text
     assert server.metric("modelship_requests_total") >= 2
     assert "5" not in {
         line.split('code="')[1][0]

@@ -25,6 +25,9 @@ from modelship_runtime.serve.model import DirectPredictor, OnnxModel, SessionCon
 from modelship_runtime.serve.rest import RestApp
 from modelship_runtime.serve.tensors import Tensor, from_bytes, from_json, to_bytes
 
+LABELS = {"model": "m", "revision": "7c41d9e2b3"}
+"""The per-model labels of the metrics below: the model and the pod's revision."""
+
 
 def test_json_decoding_is_strict() -> None:
     tensor = from_json("x", "INT64", [2, 2], [[1, 2], [3, 4]])
@@ -121,7 +124,7 @@ def test_batcher_merges_and_isolates_a_bad_request(tmp_path: Path) -> None:
     """Eight concurrent requests make one model call; the bad one fails alone."""
     model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
     registry = CollectorRegistry()
-    metrics = RequestMetrics(registry, "m")
+    metrics = RequestMetrics(registry, "m", "7c41d9e2b3")
 
     async def run() -> list[object]:
         batcher = BatchingPredictor(model, max_batch_size=16, max_delay_ms=1000, metrics=metrics)
@@ -137,8 +140,8 @@ def test_batcher_merges_and_isolates_a_bad_request(tmp_path: Path) -> None:
             await batcher.close()
 
     results = asyncio.run(run())
-    batches = registry.get_sample_value("modelship_batch_size_count", {"model": "m"})
-    rows = registry.get_sample_value("modelship_batch_size_sum", {"model": "m"})
+    batches = registry.get_sample_value("modelship_batch_size_count", LABELS)
+    rows = registry.get_sample_value("modelship_batch_size_sum", LABELS)
     assert (batches, rows) == (1, 9)
     assert isinstance(results[3], Exception)
     for i, result in enumerate(results):
@@ -172,7 +175,7 @@ def test_batcher_dispatches_a_steady_group_once_all_are_in(tmp_path: Path) -> No
     """Eight closed-loop clients: each batch leaves when the eight are in, not after max_delay."""
     model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
     registry = CollectorRegistry()
-    metrics = RequestMetrics(registry, "m")
+    metrics = RequestMetrics(registry, "m", "7c41d9e2b3")
 
     async def client(batcher: BatchingPredictor, i: int) -> None:
         for _ in range(4):
@@ -189,8 +192,8 @@ def test_batcher_dispatches_a_steady_group_once_all_are_in(tmp_path: Path) -> No
             await batcher.close()
 
     elapsed = asyncio.run(run())
-    batches = registry.get_sample_value("modelship_batch_size_count", {"model": "m"})
-    rows = registry.get_sample_value("modelship_batch_size_sum", {"model": "m"})
+    batches = registry.get_sample_value("modelship_batch_size_count", LABELS)
+    rows = registry.get_sample_value("modelship_batch_size_sum", LABELS)
     assert (batches, rows) == (4, 32), "every round of the eight clients is one batch"
     assert elapsed < 2.0, f"a batch waited out max_delay ({elapsed:.1f}s for 4 rounds)"
 

@@ -242,6 +242,27 @@ def test_a_step_without_a_pause_waits_for_a_promote_of_this_revision() -> None:
     assert state.canary.phase is CanaryPhase.PROGRESSING
 
 
+def test_failed_metric_queries_never_count_towards_on_inconclusive_promote() -> None:
+    analysis = {"interval": "10s", "inconclusiveLimit": 2, "onInconclusive": "promote"}
+    failing = serving_old(analysis=analysis)
+    failing.tick()
+    failing.settle()
+    for _ in range(5):
+        failing.advance(31)
+        errored = verdict(INCONCLUSIVE, failing.now).model_copy(update={"errors": 1})
+        state = failing.tick(errored)
+    assert state.canary is not None
+    assert (state.canary.step, state.canary.inconclusive_intervals) == (0, 0), "held"
+    quiet = serving_old(analysis=analysis)
+    quiet.tick()
+    quiet.settle()
+    for _ in range(2):
+        quiet.advance(31)
+        state = quiet.tick(verdict(INCONCLUSIVE, quiet.now))
+    assert state.canary is not None
+    assert state.canary.step == 1, "too little traffic (no error) does go on"
+
+
 def test_a_step_without_a_pause_asks_for_a_promote_only_once_its_weight_is_served() -> None:
     world = serving_old(steps=[{"weight": 50}])
     world.tick()

@@ -45,3 +45,12 @@ app.kubernetes.io/component: operator
 {{- define "modelship.image" -}}
 {{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
 {{- end }}
+
+{{/* The monitoring kit's objects: common labels and those for the Prometheus' selectors. */}}
+{{- define "modelship.monitoringLabels" -}}
+{{ include "modelship.commonLabels" . }}
+app.kubernetes.io/component: monitoring
+{{- with .Values.monitoring.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

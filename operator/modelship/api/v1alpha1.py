@@ -441,6 +441,84 @@ class MetricsSource(StrEnum):
     """Where canary analysis reads request metrics."""
 
     PODS = "pods"
+    PROMETHEUS = "prometheus"
+
+
+PROMQL_PLACEHOLDERS = ("namespace", "name", "revision", "stable", "interval")
+"""What a metrics query may name: ``{{ revision }}`` and so on (see AnalysisMetric.query)."""
+PLACEHOLDER_CANDIDATE = "[{][{][^}]*[}]?[}]?"
+"""Every ``{{`` of a query and what follows up to its ``}}``: each must be a placeholder."""
+PLACEHOLDER_PATTERN = "^[{][{] *(" + "|".join(PROMQL_PLACEHOLDERS) + ") *[}][}]$"
+PLACEHOLDER_HELP = ", ".join("{{ " + p + " }}" for p in PROMQL_PLACEHOLDERS)
+BUILTIN_CHECKS = ("requests", "successRate", "p99LatencyMs", "p99LatencyRatio", "errorRateIncrease")
+"""Names of the checks the operator makes itself; a metrics query cannot take them."""
+METRIC_NAME_PATTERN = r"^[a-zA-Z][-_a-zA-Z0-9]*$"
+MAX_METRICS = 10
+"""With the built-in checks, still within AnalysisResult's 16 checks."""
+
+
+def _placeholders_known(query: str) -> bool:
+    return all(
+        re.fullmatch(PLACEHOLDER_PATTERN, found)
+        for found in re.findall(PLACEHOLDER_CANDIDATE, query)
+    )
+
+
+class AnalysisMetric(APIModel):
+    """A check of your own (source: prometheus): a PromQL query whose value must be in min..max."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        description="Names the check in the status, e.g. accuracy (letters, digits, '-', '_').",
+    )
+    query: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="PromQL returning one number (an instant vector of one series, or a "
+        f"scalar). Placeholders, replaced before each query: {PLACEHOLDER_HELP} (the "
+        "ModelDeployment's namespace and name, the canary's and the stable's revision, the "
+        "span of traffic judged, e.g. 30s). Values are escaped for a double-quoted PromQL "
+        'string: write revision="{{ revision }}". No data is Inconclusive, never a pass '
+        "or a failure.",
+    )
+    min: float | None = Field(default=None, description="Lowest passing value, e.g. 0.9.")
+    max: float | None = Field(default=None, description="Highest passing value, e.g. 0.05.")
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"self.name.matches('{METRIC_NAME_PATTERN}')",
+            message="name must start with a letter and hold only letters, digits, '-' and '_' "
+            "(it names the check in the status)",
+            check=lambda m: _matches(METRIC_NAME_PATTERN, m.name),
+            field_path=".name",
+        ),
+        Rule(
+            cel="!(self.name in [" + ", ".join(f"'{n}'" for n in BUILTIN_CHECKS) + "])",
+            message="name must differ from the built-in checks (" + ", ".join(BUILTIN_CHECKS) + ")",
+            check=lambda m: m.name not in BUILTIN_CHECKS,
+            field_path=".name",
+        ),
+        Rule(
+            cel=f"self.query.findAll('{PLACEHOLDER_CANDIDATE}')"
+            f".all(p, p.matches('{PLACEHOLDER_PATTERN}'))",
+            message=f"query may only use the placeholders {PLACEHOLDER_HELP} (each written "
+            "{{ name }}; no other '{{' in the query)",
+            check=lambda m: _placeholders_known(m.query),
+            field_path=".query",
+        ),
+        Rule(
+            cel="has(self.min) || has(self.max)",
+            message="set min, max or both: the range the query's value must stay in",
+            check=lambda m: m.min is not None or m.max is not None,
+        ),
+        Rule(
+            cel="!has(self.min) || !has(self.max) || self.min <= self.max",
+            message="min must be less than or equal to max",
+            check=lambda m: m.min is None or m.max is None or m.min <= m.max,
+            field_path=".min",
+        ),
+    )
 
 
 class InconclusiveAction(StrEnum):
@@ -468,9 +546,9 @@ class CanaryStep(APIModel):
 class AnalysisSpec(APIModel):
     """Metric checks that decide whether the canary goes on, holds or rolls back.
 
-    Every interval the operator scrapes the /metrics of each ready pod of both revisions and
-    judges the canary on what happened in that interval: absolute thresholds, and, where set,
-    relative to the stable revision measured in the same interval.
+    Every interval the operator reads what both revisions did in that interval (from each ready
+    pod's /metrics, or from Prometheus) and judges the canary on it: absolute thresholds, and,
+    where set, relative to the stable revision measured in the same interval.
     """
 
     interval: Duration = Field(default="30s", description="How often to analyse, e.g. 30s.")
@@ -528,7 +606,32 @@ class AnalysisSpec(APIModel):
     )
     source: MetricsSource = Field(
         default=MetricsSource.PODS,
-        description="pods: the operator scrapes the runtime pods' /metrics (default).",
+        description="pods: the operator scrapes the runtime pods' /metrics (default). "
+        "prometheus: the operator queries the Prometheus its installation names (chart value "
+        "analysis.prometheus.url) over each interval, and metrics adds checks of your own.",
+    )
+    metrics: list[AnalysisMetric] | None = Field(
+        default=None,
+        max_length=MAX_METRICS,
+        description="source: prometheus only: PromQL checks of your own, each failing the "
+        "analysis when its value leaves min..max; e.g. [{name: accuracy, query: ..., min: 0.9}].",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.source == 'prometheus' || !has(self.metrics) || size(self.metrics) == 0",
+            message="metrics are PromQL queries: they need source: prometheus",
+            check=lambda m: m.source is MetricsSource.PROMETHEUS or not m.metrics,
+            field_path=".metrics",
+        ),
+        Rule(
+            cel="!has(self.metrics) || "
+            "self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))",
+            message="metrics names must be unique: each names a check in the status",
+            check=lambda m: not m.metrics or len({q.name for q in m.metrics}) == len(m.metrics),
+            field_path=".metrics",
+        ),
     )
 
 
@@ -755,7 +858,9 @@ class CheckResult(APIModel):
     """One check of an analysis: the measured value against its threshold."""
 
     name: str = Field(
-        description="successRate, p99LatencyMs, p99LatencyRatio or errorRateIncrease."
+        description="successRate, p99LatencyMs, p99LatencyRatio, errorRateIncrease, requests "
+        "(the canary's request count, when it could not be read), or the name of one of "
+        "analysis.metrics."
     )
     verdict: AnalysisVerdict = Field(description="Pass, Fail or Inconclusive.")
     value: float | None = Field(default=None, description="Measured value (empty: no data).")
@@ -778,6 +883,12 @@ class AnalysisResult(APIModel):
         default_factory=list, max_length=16, description="Each check's value and threshold."
     )
     message: str = Field(default="", description="Why the verdict was reached.")
+    errors: int = Field(
+        default=0,
+        ge=0,
+        description="Metric queries that failed (source: prometheus): such an interval is "
+        "Inconclusive and never counts towards onInconclusive: promote.",
+    )
 
 
 class CanaryPhase(StrEnum):

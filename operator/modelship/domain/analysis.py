@@ -1,22 +1,34 @@
-"""The arithmetic of canary analysis: from scraped /metrics texts to a verdict. No I/O.
+"""The arithmetic of canary analysis: from scraped /metrics texts, or from Prometheus' answers,
+to a verdict. No I/O.
 
 A pod's /metrics holds counters cumulative since the pod started, so what a revision did in an
 interval is the sum over its pods of the difference between two scrapes of each pod. The runtime
-exports ``modelship_requests_total{model,protocol,code}`` and the histogram
-``modelship_request_duration_seconds{model,protocol}`` (see modelship_runtime.serve.metrics).
+exports ``modelship_requests_total{model,revision,protocol,code}`` and the histogram
+``modelship_request_duration_seconds{model,revision,protocol}`` (see
+modelship_runtime.serve.metrics); a pod's own series are summed over every label but ``le``.
+Both sources end in :func:`judge`, which holds every threshold.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample as PrometheusSample
 
-from modelship.api.v1alpha1 import AnalysisResult, AnalysisSpec, AnalysisVerdict, CheckResult
+from modelship.api.v1alpha1 import (
+    AnalysisMetric,
+    AnalysisResult,
+    AnalysisSpec,
+    AnalysisVerdict,
+    CheckResult,
+)
+from modelship.domain import promql
+from modelship.domain.promql import Answer, Query
 
 REQUESTS_SAMPLE = "modelship_requests_total"
 DURATION_BUCKET_SAMPLE = "modelship_request_duration_seconds_bucket"
@@ -237,6 +249,32 @@ class Accumulator:
         return all(pod in self._snapshots for pod in pods)
 
 
+class Traffic(Protocol):
+    """What the checks read of one revision's traffic in an interval, from either source."""
+
+    @property
+    def requests(self) -> float: ...
+    @property
+    def success_rate(self) -> float | None: ...
+    @property
+    def error_rate(self) -> float | None: ...
+    @property
+    def p99_ms(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A revision's traffic as Prometheus measured it (None: no data)."""
+
+    requests: float = 0.0
+    success_rate: float | None = None
+    p99_ms: float | None = None
+
+    @property
+    def error_rate(self) -> float | None:
+        return None if self.success_rate is None else 1 - self.success_rate
+
+
 def _number(value: float, decimals: int = 0) -> str:
     text = f"{value:,.{decimals}f}".replace(",", " ")
     return text.rstrip("0").rstrip(".") if "." in text else text
@@ -275,34 +313,34 @@ def _inconclusive(name: str, threshold: float, samples: float, message: str) -> 
 
 
 def _absolute_checks(
-    canary: Sample, success_rate: float, analysis: AnalysisSpec, on: str
+    canary: Traffic, analysis: AnalysisSpec, on: str, failed: Mapping[str, str]
 ) -> list[CheckResult]:
-    failed = success_rate < analysis.min_success_rate
-    checks = [
-        _check(
-            "successRate",
-            success_rate,
-            analysis.min_success_rate,
-            failed,
-            canary.requests,
-            f"success rate {success_rate:.2%} {'<' if failed else '>='} "
-            f"{analysis.min_success_rate:.2%} {on}",
-        )
-    ]
-    p99, p99_limit = canary.p99_ms, analysis.max_p99_latency_ms
-    if p99 is None:
-        checks.append(
-            _inconclusive("p99LatencyMs", p99_limit, canary.requests, f"no p99 latency {on}")
-        )
+    checks = []
+    name, success_rate, limit = "successRate", canary.success_rate, analysis.min_success_rate
+    if name in failed or success_rate is None:
+        message = failed.get(name) or f"no success rate {on}"
+        checks.append(_inconclusive(name, limit, canary.requests, message))
     else:
-        failed = p99 > p99_limit
-        message = f"p99 {_ms(p99)} {'>' if failed else '<='} {_ms(p99_limit)} {on}"
-        checks.append(_check("p99LatencyMs", p99, p99_limit, failed, canary.requests, message))
+        below = success_rate < limit
+        message = f"success rate {success_rate:.2%} {'<' if below else '>='} {limit:.2%} {on}"
+        checks.append(_check(name, success_rate, limit, below, canary.requests, message))
+    name, p99, p99_limit = "p99LatencyMs", canary.p99_ms, analysis.max_p99_latency_ms
+    if name in failed or p99 is None:
+        message = failed.get(name) or f"no p99 latency {on}"
+        checks.append(_inconclusive(name, p99_limit, canary.requests, message))
+    else:
+        above = p99 > p99_limit
+        message = f"p99 {_ms(p99)} {'>' if above else '<='} {_ms(p99_limit)} {on}"
+        checks.append(_check(name, p99, p99_limit, above, canary.requests, message))
     return checks
 
 
 def _relative_checks(
-    canary: Sample, stable: Sample, analysis: AnalysisSpec, interval_seconds: float
+    canary: Traffic,
+    stable: Traffic,
+    analysis: AnalysisSpec,
+    interval_seconds: float,
+    failed: Mapping[str, str],
 ) -> list[CheckResult]:
     both = canary.requests + stable.requests
     thin = stable.requests < analysis.min_requests
@@ -315,7 +353,9 @@ def _relative_checks(
     if ratio_limit is not None:
         name = "p99LatencyRatio"
         canary_p99, stable_p99 = canary.p99_ms, stable.p99_ms
-        if thin:
+        if name in failed:
+            checks.append(_inconclusive(name, ratio_limit, both, failed[name]))
+        elif thin:
             checks.append(_inconclusive(name, ratio_limit, both, f"p99 ratio: {thin_message}"))
         elif canary_p99 is None or stable_p99 is None or stable_p99 <= 0:
             side = "canary" if canary_p99 is None else "stable"
@@ -323,57 +363,100 @@ def _relative_checks(
             checks.append(_inconclusive(name, ratio_limit, both, message))
         else:
             ratio = canary_p99 / stable_p99
-            failed = ratio > ratio_limit
+            above = ratio > ratio_limit
             message = (
                 f"p99 {ratio:.2f}x stable ({_ms(canary_p99)} vs {_ms(stable_p99)}) "
-                f"{'>' if failed else '<='} {ratio_limit:.2f}x"
+                f"{'>' if above else '<='} {ratio_limit:.2f}x"
             )
-            checks.append(_check(name, ratio, ratio_limit, failed, both, message))
+            checks.append(_check(name, ratio, ratio_limit, above, both, message))
     increase_limit = analysis.max_error_rate_increase
     if increase_limit is not None:
         name = "errorRateIncrease"
         canary_rate, stable_rate = canary.error_rate, stable.error_rate
-        if thin or canary_rate is None or stable_rate is None:
+        if name in failed:
+            checks.append(_inconclusive(name, increase_limit, both, failed[name]))
+        elif thin or canary_rate is None or stable_rate is None:
             message = f"error rate increase: {thin_message}"
             checks.append(_inconclusive(name, increase_limit, both, message))
         else:
             increase = canary_rate - stable_rate
-            failed = increase > increase_limit
+            above = increase > increase_limit
             message = (
                 f"error rate {increase * 100:+.2f} pp over stable "
-                f"({canary_rate:.2%} vs {stable_rate:.2%}) {'>' if failed else '<='} "
+                f"({canary_rate:.2%} vs {stable_rate:.2%}) {'>' if above else '<='} "
                 f"{increase_limit * 100:.2f} pp"
             )
-            checks.append(_check(name, increase, increase_limit, failed, both, message))
+            checks.append(_check(name, increase, increase_limit, above, both, message))
     return checks
 
 
+def _range(metric: AnalysisMetric) -> str:
+    if metric.min is not None and metric.max is not None:
+        return f"within {metric.min:.4g}..{metric.max:.4g}"
+    return f">= {metric.min:.4g}" if metric.min is not None else f"<= {metric.max:.4g}"
+
+
+def _metric_check(
+    metric: AnalysisMetric, value: float | None, failure: str | None, requests: float
+) -> CheckResult:
+    name = metric.name
+    # The API's rules ask for min or max: the one set is the threshold while the value is in.
+    threshold = next((b for b in (metric.min, metric.max) if b is not None), 0.0)
+    if failure is not None or value is None:
+        message = failure or f"prometheus query {name} returned no data"
+        return _inconclusive(name, threshold, requests, message)
+    if metric.min is not None and value < metric.min:
+        message = f"{name} {value:.4g} < {metric.min:.4g} (must be {_range(metric)})"
+        return _check(name, value, metric.min, True, requests, message)
+    if metric.max is not None and value > metric.max:
+        message = f"{name} {value:.4g} > {metric.max:.4g} (must be {_range(metric)})"
+        return _check(name, value, metric.max, True, requests, message)
+    return _check(name, value, threshold, False, requests, f"{name} {value:.4g} {_range(metric)}")
+
+
 def judge(
-    canary: Sample, stable: Sample, analysis: AnalysisSpec, time: str, interval_seconds: float
+    canary: Traffic,
+    stable: Traffic,
+    analysis: AnalysisSpec,
+    time: str,
+    interval_seconds: float,
+    values: Mapping[str, float | None] | None = None,
+    failed: Mapping[str, str] | None = None,
 ) -> AnalysisResult:
     """The verdict on the canary's traffic in an interval, beside the stable's in the same one.
 
     Too little canary traffic is Inconclusive, never a failure. A relative check whose stable
     side has too little traffic (or no latency data) is Inconclusive too. The samples of a
-    relative check count the requests of both revisions.
+    relative check count the requests of both revisions. ``values`` holds the value of each of
+    ``analysis.metrics`` (None: no data); ``failed`` says, by check name, why a check could not
+    be measured (a query that failed): such a check is Inconclusive with that message, so a
+    failure to measure never passes.
     """
+    failed = failed or {}
     on = _on(canary.requests, interval_seconds)
-    success_rate = canary.success_rate
     checks: list[CheckResult] = []
-    if canary.requests < analysis.min_requests or success_rate is None:
+    if "requests" in failed or canary.requests < analysis.min_requests:
         verdict = AnalysisVerdict.INCONCLUSIVE
-        message = (
+        message = failed.get("requests") or (
             f"{_number(canary.requests)} requests < minRequests {_number(analysis.min_requests)} "
             f"in {_number(interval_seconds, 1)} s"
         )
+        if "requests" in failed:
+            checks = [_inconclusive("requests", analysis.min_requests, 0, message)]
+        # Nothing is judged, but a query that failed is said all the same.
+        message = "; ".join(dict.fromkeys([message, *failed.values()]))
     else:
-        checks = _absolute_checks(canary, success_rate, analysis, on)
-        checks += _relative_checks(canary, stable, analysis, interval_seconds)
+        checks = _absolute_checks(canary, analysis, on, failed)
+        checks += _relative_checks(canary, stable, analysis, interval_seconds, failed)
+        checks += [
+            _metric_check(m, (values or {}).get(m.name), failed.get(m.name), canary.requests)
+            for m in analysis.metrics or ()
+        ]
         verdict, message = AnalysisVerdict.PASS, f"all {len(checks)} checks passed {on}"
         for worst in (AnalysisVerdict.FAIL, AnalysisVerdict.INCONCLUSIVE):
             matching = [check.message for check in checks if check.verdict == worst]
             if matching:
-                verdict, message = worst, "; ".join(matching)
+                verdict, message = worst, "; ".join(dict.fromkeys(matching))
                 break
     return AnalysisResult(
         time=time,
@@ -384,3 +467,59 @@ def judge(
         checks=checks,
         message=message,
     )
+
+
+def judge_answers(
+    queries: Sequence[Query],
+    answers: Mapping[str, Answer],
+    analysis: AnalysisSpec,
+    time: str,
+    interval_seconds: float,
+) -> AnalysisResult:
+    """The verdict from Prometheus' answers to :func:`~modelship.domain.promql.analysis_queries`.
+
+    A query without an answer, or whose answer is an error, leaves the checks that read it
+    Inconclusive with "prometheus query <name> failed: <error>"; no data is Inconclusive too.
+    """
+    failed: dict[str, list[str]] = {}
+    for query in queries:
+        error = answers.get(query.name, Answer(error="no answer")).error
+        if error is not None:
+            for check in query.checks:
+                failed.setdefault(check, []).append(
+                    f"prometheus query {query.name} failed: {error}"
+                )
+
+    def value(name: str) -> float | None:
+        answer = answers.get(name)
+        return None if answer is None else answer.value
+
+    def ms(seconds: float | None) -> float | None:
+        return None if seconds is None else seconds * 1000
+
+    canary = Measured(
+        value(promql.CANARY_REQUESTS) or 0.0,
+        value(promql.CANARY_SUCCESS_RATE),
+        ms(value(promql.CANARY_P99)),
+    )
+    stable = Measured(
+        value(promql.STABLE_REQUESTS) or 0.0,
+        value(promql.STABLE_SUCCESS_RATE),
+        ms(value(promql.STABLE_P99)),
+    )
+    result = judge(
+        canary,
+        stable,
+        analysis,
+        time,
+        interval_seconds,
+        values={m.name: value(m.name) for m in analysis.metrics or ()},
+        failed={check: "; ".join(messages) for check, messages in failed.items()},
+    )
+    errors = sum(1 for q in queries if answers.get(q.name, Answer(error="x")).error is not None)
+    result = result.model_copy(update={"errors": errors})
+    no_series = value(promql.CANARY_REQUESTS) is None and "requests" not in failed
+    if no_series:
+        note = " (Prometheus has no modelship_requests_total series of the canary in that time)"
+        result = result.model_copy(update={"message": result.message + note})
+    return result

@@ -491,6 +491,10 @@ def _record_verdict(
                 f"{result.message}",
             )
         )
+    elif result.errors:
+        # A failed query says nothing about the canary: it holds the step (progressDeadline
+        # still bounds it) and never counts towards onInconclusive, so it cannot promote.
+        update |= {"inconclusive_intervals": canary.inconclusive_intervals}
     else:
         inconclusive = canary.inconclusive_intervals + 1
         update |= {"inconclusive_intervals": inconclusive}

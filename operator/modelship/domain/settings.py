@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a started pod may stay unready before it counts as a fault.",
     )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Base URL of the Prometheus HTTP API that canary analysis with source: "
+        "prometheus queries, e.g. http://prometheus.monitoring:9090; empty: such analyses are "
+        "Inconclusive, saying so.",
+    )
 
     leader_election: bool = Field(
         default=False,
@@ -137,6 +143,18 @@ class Settings(BaseSettings):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [n.strip() for n in value.split(",") if n.strip()]
+        return value
+
+    @field_validator("prometheus_url", mode="before")
+    @classmethod
+    def _prometheus_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip() or None
+        if isinstance(value, str) and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{value!r} is not a Prometheus URL: give http://host:port (or https://), "
+                "with the path prefix if Prometheus serves under one"
+            )
         return value
 
     @field_validator("cluster_cidrs")

@@ -119,7 +119,7 @@ async def serve(settings: ServeSettings) -> int:
     )
     disable_created_metrics()  # type: ignore[no-untyped-call]  # halves the scrape size; nothing reads *_created
     registry = CollectorRegistry()
-    metrics = RequestMetrics(registry, settings.model_name)
+    metrics = RequestMetrics(registry, settings.model_name, settings.revision)
     register_server_info(registry, settings.model_name, settings.revision, settings.artifact_digest)
     stack = _build_predictors(model, manifest, settings, metrics, registry)
     served = ServedModel(
@@ -185,7 +185,7 @@ def _build_predictors(
         predictor = direct
     if manifest is not None and manifest.calibration_stats:
         monitor = DriftMonitor(manifest.calibration_stats)
-        registry.register(DriftCollector(monitor, settings.model_name))
+        registry.register(DriftCollector(monitor, settings.model_name, settings.revision))
         predictor = DriftObservingPredictor(predictor, monitor, settings.drift_sample_every)
     return _PredictorStack(predictor, direct, batcher)
 

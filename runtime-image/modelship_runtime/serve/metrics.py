@@ -1,10 +1,13 @@
 """Prometheus metrics, served on their own port. Label sets are fixed and bounded.
 
-The operator's canary analysis reads ``modelship_requests_total{model,protocol,code}`` (success
-rate: code="200" over all) and ``modelship_request_duration_seconds`` (p99). ``code`` is the HTTP
-status for both protocols (gRPC statuses are mapped: OK=200, INVALID_ARGUMENT=400, ...), and
-``model`` is the served model's name or "_unknown" for requests naming another model, so a client
-cannot create series at will.
+Every per-model series carries ``model`` and ``revision`` (the revision the pod belongs to, empty
+when the pod was not told), so a Prometheus that scrapes both revisions of a canary tells them
+apart. The operator's canary analysis reads
+``modelship_requests_total{model,revision,protocol,code}`` (success rate: non-5xx over all) and
+``modelship_request_duration_seconds{model,revision,protocol}`` (p99), from each pod or from
+Prometheus. ``code`` is the HTTP status for both protocols (gRPC statuses are mapped: OK=200,
+INVALID_ARGUMENT=400, ...), and ``model`` is the served model's name or "_unknown" for requests
+naming another model, so a client cannot create series at will.
 """
 
 from __future__ import annotations
@@ -33,42 +36,45 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class RequestMetrics:
     """Request counters, latency, in-flight and batching figures for one served model."""
 
-    def __init__(self, registry: CollectorRegistry, model_name: str) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, model_name: str, revision: str | None = None
+    ) -> None:
         self.model_name = model_name
+        self.revision = revision or ""
         self.requests = Counter(
             "modelship_requests",
-            "Inference requests by model, protocol (rest|grpc) and code (HTTP status, also for "
-            "gRPC).",
-            ["model", "protocol", "code"],
+            "Inference requests by model, revision, protocol (rest|grpc) and code (HTTP "
+            "status, also for gRPC).",
+            ["model", "revision", "protocol", "code"],
             registry=registry,
         )
         self.duration = Histogram(
             "modelship_request_duration_seconds",
             "Inference request latency from receipt to response, in seconds.",
-            ["model", "protocol"],
+            ["model", "revision", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.in_flight = Gauge(
             "modelship_requests_in_flight",
             "Inference requests being processed now.",
-            ["model"],
+            ["model", "revision"],
             registry=registry,
-        ).labels(model_name)
+        ).labels(model_name, self.revision)
         self.queue_seconds = Histogram(
             "modelship_batch_queue_seconds",
             "Time a request waited in the dynamic-batching queue, in seconds.",
-            ["model"],
+            ["model", "revision"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
-        ).labels(model_name)
+        ).labels(model_name, self.revision)
         self.batch_size = Histogram(
             "modelship_batch_size",
             "Items per model call made by the dynamic batcher.",
-            ["model"],
+            ["model", "revision"],
             buckets=BATCH_BUCKETS,
             registry=registry,
-        ).labels(model_name)
+        ).labels(model_name, self.revision)
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
 
@@ -82,11 +88,15 @@ class RequestMetrics:
         key = (model, protocol, code)
         counter = self._counters.get(key)
         if counter is None:
-            counter = self._counters[key] = self.requests.labels(model, protocol, str(code))
+            counter = self._counters[key] = self.requests.labels(
+                model, self.revision, protocol, str(code)
+            )
         counter.inc()
         histogram = self._histograms.get((model, protocol))
         if histogram is None:
-            histogram = self._histograms[(model, protocol)] = self.duration.labels(model, protocol)
+            histogram = self._histograms[(model, protocol)] = self.duration.labels(
+                model, self.revision, protocol
+            )
         histogram.observe(time.perf_counter() - started)
 
     def observe_batch(self, size: int, queue_seconds: Sequence[float]) -> None:
@@ -211,21 +221,22 @@ def _psi(expected: np.ndarray[Any, Any], observed: np.ndarray[Any, Any]) -> floa
 
 
 class DriftCollector(Collector):
-    """Exposes ``modelship_input_drift_score{model,input}``, computed at scrape time."""
+    """Exposes ``modelship_input_drift_score{model,revision,input}``, computed at scrape time."""
 
-    def __init__(self, monitor: DriftMonitor, model_name: str) -> None:
+    def __init__(self, monitor: DriftMonitor, model_name: str, revision: str | None = None) -> None:
         self.monitor = monitor
         self.model_name = model_name
+        self.revision = revision or ""
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
             "modelship_input_drift_score",
             "Input drift against the calibration statistics: PSI over the calibration "
             "histogram, or the mean shift in calibration standard deviations.",
-            labels=["model", "input"],
+            labels=["model", "revision", "input"],
         )
         for name, score in self.monitor.scores().items():
-            family.add_metric([self.model_name, name], score)
+            family.add_metric([self.model_name, self.revision, name], score)
         yield family
 
 

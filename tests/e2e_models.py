@@ -1,0 +1,59 @@
+"""What the e2e tests that release canaries share: their models, copied into the namespace's
+models PVC once each, and how they read a ModelDeployment's canary status and Events."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from canary_models import calibration_rows, canary_model
+from localkube import Cluster, stack
+
+NS = stack.E2E_NAMESPACE
+
+
+class Models:
+    """Canary-family ONNX models (canary_models.canary_model) under ``prefix`` in the PVC."""
+
+    def __init__(
+        self, cluster: Cluster, workdir: Path, prefix: str, seeds: tuple[int, int] = (11, 12)
+    ) -> None:
+        self.cluster, self.workdir, self.prefix, self.seeds = cluster, workdir, prefix, seeds
+        self.uris: dict[str, tuple[str, str]] = {}
+
+    def get(self, name: str, seed: int | None = None, **kind: Any) -> tuple[str, str]:
+        """(pvc:// URI, sha256) of model ``name``: seed ``seeds[0]`` for v1, else ``seeds[1]``
+        unless given; ``kind`` as canary_model takes it (fails_on_positive, slow)."""
+        if name not in self.uris:
+            if seed is None:
+                seed = self.seeds[0] if name == "v1" else self.seeds[1]
+            path = canary_model(self.workdir / f"{name}.onnx", seed=seed, **kind)
+            uri = stack.seed_model(self.cluster, NS, path, f"{self.prefix}/{name}.onnx")
+            self.uris[name] = (uri, hashlib.sha256(path.read_bytes()).hexdigest())
+        return self.uris[name]
+
+    def calibration(self) -> str:
+        """Samples every version runs on (the failing one needs x[:,0] <= 0 to be built)."""
+        if "calibration" not in self.uris:
+            path = self.workdir / "calibration.npz"
+            np.savez(path, x=calibration_rows())
+            uri = stack.seed_model(self.cluster, NS, path, f"{self.prefix}/calibration.npz")
+            self.uris["calibration"] = (uri, "")
+        return self.uris["calibration"][0]
+
+
+def canary_of(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(obj.get("status", {}).get("canary") or {})
+
+
+def events(cluster: Cluster, name: str, namespace: str = NS) -> dict[str, str]:
+    """The latest message of each Event reason on ModelDeployment ``name``."""
+    out = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}",
+        "-o", "json",
+    ).stdout  # fmt: skip
+    return {e["reason"]: e["message"] for e in json.loads(out)["items"]}
