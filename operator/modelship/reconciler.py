@@ -591,7 +591,7 @@ class Reconciler:
     ) -> int | None:
         """The canary weight the routes carry (the lowest); what is wrong with them goes to
         ``problems`` (a route that is missing, not ours or rejected by its Gateway)."""
-        weights: list[int] = []
+        weights: list[int | None] = []
         for ref in self._route_refs(spec):
             route = self.kube.get(ref.kind, owner.namespace, ref.name)
             wrong = routes.problem(route, ref, owner.name, owner.namespace)
@@ -599,9 +599,10 @@ class Reconciler:
                 problems.append(Problem("RouteNotReady", wrong))
                 continue
             assert route is not None
-            weight = routes.live_weight(route, owner.name)
-            weights.append(weight or 0)
-        return min(weights) if weights else None
+            weights.append(routes.live_weight(route, owner.name))
+        if not weights or None in weights:
+            return None  # a Gateway has not taken the latest weights yet: none achieved
+        return min(w for w in weights if w is not None)
 
     def _set_route_weights(
         self, owner: naming.Owner, spec: ModelDeploymentSpec, weight: int, memory: _Memory

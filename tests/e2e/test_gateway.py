@@ -165,7 +165,26 @@ def _grpc_load(address: str, model: str, requests: int) -> None:
         client.close()
 
 
+def _until_the_gateway_routes_to(cluster: Cluster, name: str, canary: str) -> None:
+    """The route's status says its Gateway took the weights; Traefik applies its new
+    configuration a moment later (it batches provider updates): probe until the canary has
+    answered through the Gateway on both protocols, then measure."""
+    address = gateway.address(cluster)
+
+    def served() -> bool:
+        before = _counts(cluster, name)
+        _http_load(f"http://{address}/v2/models/{name}/infer", 50)
+        _grpc_load(address, name, 50)
+        after = _counts(cluster, name)
+        return all(
+            after.get((canary, p), 0.0) > before.get((canary, p), 0.0) for p in ("rest", "grpc")
+        )
+
+    wait_for(lambda: served() or None, "the Gateway to send requests to the canary", 60)
+
+
 def _shares(cluster: Cluster, name: str, canary: str, requests: int) -> dict[str, float]:
+    _until_the_gateway_routes_to(cluster, name, canary)
     before = _counts(cluster, name)
     address = gateway.address(cluster)
     _http_load(f"http://{address}/v2/models/{name}/infer", requests)

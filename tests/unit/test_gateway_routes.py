@@ -96,8 +96,26 @@ def test_the_patch_is_guarded_by_the_value_it_read_and_empty_when_nothing_change
         jsonpatch.apply_patch(edited, ops)
 
 
+def _programmed(obj: dict[str, Any], generation: int) -> dict[str, Any]:
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["generation"] = generation
+    obj["status"] = {"parents": [{"parentRef": {"name": "public"}, "conditions": [
+        {"type": "Accepted", "status": "True", "observedGeneration": generation}]}]}  # fmt: skip
+    return obj
+
+
+def test_the_weight_counts_once_the_gateway_has_taken_the_routes_generation() -> None:
+    at10 = _programmed(route([OUR_RULE]), 2)
+    at10["spec"]["rules"][0]["backendRefs"] = routes.weighted_backends(
+        OUR_RULE["backendRefs"], "minilm", NS, 8080, 10
+    )
+    assert routes.live_weight(at10, "minilm") == 10
+    at10["metadata"]["generation"] = 3  # patched again, not yet seen by the Gateway
+    assert routes.live_weight(at10, "minilm") is None
+
+
 def test_weights_are_read_back_and_a_later_step_rewrites_only_our_two_backends() -> None:
-    before = route([OUR_RULE])
+    before = _programmed(route([OUR_RULE]), 1)
     at10 = _applied(before, routes.patch(before, 0, routes.weighted_backends(
         OUR_RULE["backendRefs"], "minilm", NS, 8080, 10)))  # fmt: skip
     assert routes.live_weight(at10, "minilm") == 10

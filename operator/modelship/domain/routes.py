@@ -119,10 +119,25 @@ def patch(route: dict[str, Any], rule: int, backends: list[dict[str, Any]]) -> l
             {"op": "replace", "path": path, "value": backends}]  # fmt: skip
 
 
+def programmed(route: dict[str, Any]) -> bool:
+    """Whether every Gateway has accepted the route's current generation (its conditions'
+    observedGeneration): until then it may still route by the previous weights."""
+    generation = route.get("metadata", {}).get("generation")
+    parents = route.get("status", {}).get("parents") or []
+    accepted = [
+        c for p in parents for c in p.get("conditions") or [] if c.get("type") == "Accepted"
+    ]
+    return bool(accepted) and all(
+        c.get("status") == "True" and c.get("observedGeneration", generation) == generation
+        for c in accepted
+    )
+
+
 def live_weight(route: dict[str, Any], owner_name: str) -> int | None:
-    """The canary's weight the route carries now (percent of our backends' total)."""
+    """The canary's weight the route carries now (percent of our backends' total), once its
+    Gateways have taken the current generation; None before."""
     rule = our_rule(route, owner_name)
-    if rule is None:
+    if rule is None or not programmed(route):
         return None
     namespace = route.get("metadata", {}).get("namespace", "")
     ours = [
