@@ -142,6 +142,10 @@ argocd_workdir() {
 }
 
 for c in "${components[@]}"; do
+  # One build of a component at a time: CI builds the add-ons in the background while the
+  # tests that need them may ask for them too; a second caller waits, then finds it cached.
+  exec 7>"$BIN/.$c.lock"
+  flock -n 7 || { log "$c: another build of it is running; waiting for it"; flock 7; }
   case "$c" in
     etcd)
       out="$BIN/etcd-$ETCD_VERSION"
@@ -246,5 +250,6 @@ for c in "${components[@]}"; do
       ;;
     *) log "unknown component: $c"; exit 2 ;;
   esac
+  exec 7>&-
   echo "$c=$out"
 done

@@ -173,8 +173,8 @@ def _until_the_gateway_routes_to(cluster: Cluster, name: str, canary: str) -> No
 
     def served() -> bool:
         before = _counts(cluster, name)
-        _http_load(f"http://{address}/v2/models/{name}/infer", 50)
-        _grpc_load(address, name, 50)
+        _http_load(f"http://{address}/v2/models/{name}/infer", 48)  # hey: a multiple of -c
+        _grpc_load(address, name, 48)
         after = _counts(cluster, name)
         return all(
             after.get((canary, p), 0.0) > before.get((canary, p), 0.0) for p in ("rest", "grpc")
