@@ -740,9 +740,9 @@ class ModelDeploymentSpec(APIModel):
             "!has(self.rollout.gateway.grpcRoute) || !has(self.serving) || "
             "!has(self.serving.grpc) || self.serving.grpc",
             message="rollout.gateway.grpcRoute needs gRPC: remove it or set serving.grpc: true",
-            check=lambda m: m.rollout.gateway is None
-            or m.rollout.gateway.grpc_route is None
-            or m.serving.grpc,
+            check=lambda m: (
+                m.rollout.gateway is None or m.rollout.gateway.grpc_route is None or m.serving.grpc
+            ),
             field_path=".rollout.gateway.grpcRoute",
         ),
         Rule(
@@ -758,9 +758,11 @@ class ModelDeploymentSpec(APIModel):
             f"!self.optimization.calibration.uri.startsWith('{CLI_ONLY_SCHEME}')",
             message="optimization.calibration.uri: file:// is for modelship-build on the "
             "command line only; use https://, s3:// or pvc://claim/path",
-            check=lambda m: not (
-                m.optimization.calibration is not None
-                and (m.optimization.calibration.uri or "").startswith(CLI_ONLY_SCHEME)
+            check=lambda m: (
+                not (
+                    m.optimization.calibration is not None
+                    and (m.optimization.calibration.uri or "").startswith(CLI_ONLY_SCHEME)
+                )
             ),
             field_path=".optimization.calibration.uri",
         ),

@@ -591,9 +591,7 @@ def pod_selector(owner: Owner, plan: RevisionPlan) -> dict[str, str]:
         return naming.revision_selector(owner.name, plan.revision)
     if plan.template_hash is None:
         return naming.selector_labels(owner.name)
-    return naming.selector_labels(owner.name) | {
-        naming.LABEL_POD_TEMPLATE_HASH: plan.template_hash
-    }
+    return naming.selector_labels(owner.name) | {naming.LABEL_POD_TEMPLATE_HASH: plan.template_hash}
 
 
 def service(

@@ -114,9 +114,7 @@ def _resolve(obs: Observation) -> tuple[Artifact | None, list[Action]]:
     return None, []
 
 
-def _next(
-    before: State, obs: Observation, spec: ModelDeploymentSpec
-) -> tuple[State, list[Action]]:
+def _next(before: State, obs: Observation, spec: ModelDeploymentSpec) -> tuple[State, list[Action]]:
     artifact, actions = _resolve(obs)
     if obs.blocked(Scope.INDEX):
         actions = []
@@ -205,9 +203,7 @@ def _events(before: State, after: State, actions: list[Action], obs: Observation
     return events
 
 
-def step(
-    state: State, obs: Observation, spec: ModelDeploymentSpec
-) -> tuple[State, list[Action]]:
+def step(state: State, obs: Observation, spec: ModelDeploymentSpec) -> tuple[State, list[Action]]:
     """One tick: the next state and the actions that move the world towards it."""
     after, actions = _next(state, obs, spec)
     actions = _build_actions(obs, after.artifact) + actions

@@ -87,9 +87,7 @@ class BuildTarget:
         """Whether an artifact found in the index is in this plan's store (the namespace's
         own part of it): one published elsewhere (another namespace, or the store before it
         was partitioned) is built again from a source this namespace fetches itself."""
-        return re.fullmatch(DIGEST_PATTERN, digest) is not None and uri == self.artifact_uri(
-            digest
-        )
+        return re.fullmatch(DIGEST_PATTERN, digest) is not None and uri == self.artifact_uri(digest)
 
 
 def build_target(

@@ -125,9 +125,7 @@ def _by_revision(
     return out
 
 
-def _find_stable(
-    obs: ReleaseObservation, revisions: dict[str, RolloutObservation]
-) -> str | None:
+def _find_stable(obs: ReleaseObservation, revisions: dict[str, RolloutObservation]) -> str | None:
     if obs.stable is not None and obs.stable.revision in revisions:
         return obs.stable.revision
     # No record (a new object, or a status lost): whatever serves is the stable revision.
@@ -434,9 +432,7 @@ def _running(tick: _Tick, canary: CanaryStatus) -> Release:
         )
     abort = _manual(obs, canary, "abort")
     if abort is not None:
-        return _abort(
-            tick, _handled(canary, "abort", abort), "Aborted", f"aborted by {abort!r}"
-        )
+        return _abort(tick, _handled(canary, "abort", abort), "Aborted", f"aborted by {abort!r}")
     full = _manual(obs, canary, "promote-full")
     if full is not None and canary.phase is not CanaryPhase.PROMOTING:
         canary = _handled(canary, "promote-full", full)
@@ -549,10 +545,9 @@ def _advance(tick: _Tick, canary: CanaryStatus) -> CanaryStatus:
                 "annotation)",
             }
         )
-    elif (
-        _age(canary.step_started_at, tick.obs.now) >= duration_seconds(step.pause)
-        and _step_passed(tick, canary)
-    ):
+    elif _age(canary.step_started_at, tick.obs.now) >= duration_seconds(
+        step.pause
+    ) and _step_passed(tick, canary):
         why = f"paused {step.pause} with a passing analysis"
     else:
         return canary.model_copy(

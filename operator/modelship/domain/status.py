@@ -103,9 +103,7 @@ def faulted(
     return {
         "observedGeneration": generation,
         "phase": Phase.DEGRADED.value,
-        "conditions": merge_conditions(
-            previous.get("conditions") or [], current, generation, now
-        ),
+        "conditions": merge_conditions(previous.get("conditions") or [], current, generation, now),
     }
 
 
