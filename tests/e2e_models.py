@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from canary_models import calibration_rows, canary_model
+from canary_models import GOOD_X, calibration_rows, canary_model
 from localkube import Cluster, stack
+from localkube.load import infer_body, wait_until_serving
 
 NS = stack.E2E_NAMESPACE
 
@@ -57,3 +58,21 @@ def events(cluster: Cluster, name: str, namespace: str = NS) -> dict[str, str]:
         "-o", "json",
     ).stdout  # fmt: skip
     return {e["reason"]: e["message"] for e in json.loads(out)["items"]}
+
+
+def first_revision(cluster: Cluster, name: str, spec: dict[str, Any], pods: int = 2) -> Any:
+    """Apply a ModelDeployment and wait until ``pods`` pods serve it; its object."""
+    stack.apply_mdep(cluster, NS, name, spec)
+    return stack.wait_for(
+        cluster, NS, name,
+        lambda o: stack.is_ready(o) and o["status"].get("readyReplicas") == pods,
+        f"Ready with {pods} pods", 900,
+    )  # fmt: skip
+
+
+def infer_url(cluster: Cluster, name: str) -> str:
+    """The client Service's infer URL, once the Service answers (kube-proxy programs a new
+    Service's rules a moment after it exists; until then its ClusterIP has no route)."""
+    url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
+    wait_until_serving(url, infer_body(GOOD_X))
+    return url

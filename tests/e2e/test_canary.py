@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from canary_models import BAD_X, GOOD_X
-from e2e_models import Models, canary_of, events
+from e2e_models import Models, canary_of, events, first_revision, infer_url
 from localkube import Cluster, stack
-from localkube.load import HeyLoad, LoadResult, infer_body, wait_until_serving
+from localkube.load import HeyLoad, LoadResult, infer_body
 
 pytestmark = pytest.mark.e2e
 
@@ -74,20 +74,10 @@ def _delete_what_the_test_created(modelship: Cluster) -> Iterator[None]:
 
 def _first_revision(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     CREATED.append(name)
-    stack.apply_mdep(cluster, NS, name, spec)
-    return stack.wait_for(
-        cluster, NS, name,
-        lambda o: stack.is_ready(o) and o["status"].get("readyReplicas") == 2,
-        "Ready with 2 pods", 900,
-    )  # fmt: skip
+    return dict(first_revision(cluster, name, spec))
 
 
-def _url(cluster: Cluster, name: str) -> str:
-    """The client Service's infer URL, once the Service answers (kube-proxy programs a new
-    Service's rules a moment after it exists; until then its ClusterIP has no route)."""
-    url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
-    wait_until_serving(url, infer_body(GOOD_X))
-    return url
+_url = infer_url
 
 
 _canary = canary_of

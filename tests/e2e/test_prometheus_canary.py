@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from canary_models import BAD_X, GOOD_X
-from e2e_models import Models, canary_of, events
+from e2e_models import Models, canary_of, events, first_revision, infer_url
 from localkube import Cluster, prometheus, stack
-from localkube.load import HeyLoad, infer_body, wait_until_serving
+from localkube.load import HeyLoad, infer_body
 
 pytestmark = pytest.mark.e2e
 
@@ -109,15 +109,8 @@ def _delete_what_the_test_created(modelship: Cluster) -> Iterator[None]:
 def _first_revision(cluster: Cluster, name: str, spec: dict[str, Any]) -> str:
     """Deploy the first revision and return the client Service's infer URL once it answers."""
     CREATED.append(name)
-    stack.apply_mdep(cluster, NS, name, spec)
-    stack.wait_for(
-        cluster, NS, name,
-        lambda o: stack.is_ready(o) and o["status"].get("readyReplicas") == 2,
-        "Ready with 2 pods", 900,
-    )  # fmt: skip
-    url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
-    wait_until_serving(url, infer_body(GOOD_X))
-    return url
+    first_revision(cluster, name, spec)
+    return infer_url(cluster, name)
 
 
 _canary = canary_of
