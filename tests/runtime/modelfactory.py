@@ -15,12 +15,27 @@ CLASSES = 10
 
 def mlp(path: Path, batch_dim: str | int = "batch", seed: int = 0) -> Path:
     """A digits-sized MLP: input FP32 [batch, 64] -> probabilities FP32 [batch, 10], label INT64."""
+    return mlp_from_weights(path, mlp_weights(seed), batch_dim)
+
+
+def mlp_weights(seed: int = 0) -> list[np.ndarray]:
+    """[w1, b1, w2, b2] of :func:`mlp`."""
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.2, (FEATURES, 32)).astype(np.float32)
     b1 = rng.normal(0, 0.1, 32).astype(np.float32)
     w2 = rng.normal(0, 0.2, (32, CLASSES)).astype(np.float32)
     b2 = rng.normal(0, 0.1, CLASSES).astype(np.float32)
-    return mlp_from_weights(path, [w1, b1, w2, b2], batch_dim)
+    return [w1, b1, w2, b2]
+
+
+def perturbed_mlp(directory: Path, scale: float = 0.5, seed: int = 1) -> Path:
+    """An artifact directory with :func:`mlp`'s model, its weights plus Gaussian noise of
+    ``scale`` times each tensor's spread: same signature and speed, different answers."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    weights = [w + rng.normal(0, scale * float(w.std()), w.shape) for w in mlp_weights()]
+    mlp_from_weights(directory / "model.onnx", weights)
+    return directory
 
 
 def mlp_from_weights(
@@ -63,11 +78,7 @@ def mlp_from_weights(
 
 def reference(x: np.ndarray) -> dict[str, np.ndarray]:
     """What the MLP computes (seed 0), in numpy, for checking served results."""
-    rng = np.random.default_rng(0)
-    w1 = rng.normal(0, 0.2, (FEATURES, 32)).astype(np.float32)
-    b1 = rng.normal(0, 0.1, 32).astype(np.float32)
-    w2 = rng.normal(0, 0.2, (32, CLASSES)).astype(np.float32)
-    b2 = rng.normal(0, 0.1, CLASSES).astype(np.float32)
+    w1, b1, w2, b2 = mlp_weights()
     logits = np.maximum(x @ w1 + b1, 0) @ w2 + b2
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return {"probabilities": e / e.sum(axis=1, keepdims=True), "label": logits.argmax(axis=1)}

@@ -249,3 +249,20 @@ def test_the_server_is_told_the_model_sha256_the_operator_recorded(
     pod = deployment(spec(), art, Settings())["spec"]["template"]
     settings = load_serve_settings(pod["spec"]["containers"][0], monkeypatch)
     assert settings.model_sha256 == "6" * 64
+
+
+def test_mirroring_fields_render_only_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not [e for e in serving.ServingConfig().to_env() if "MIRROR" in e["name"]]
+    config = serving.ServingConfig(
+        mirror_url="http://m-canary:8080",
+        mirror_share=0.1,
+        mirror_revision="r-2",
+        mirror_output="probabilities",
+        mirror_queue=16,
+        mirror_keep_inputs=True,
+    )
+    monkeypatch.setattr("os.environ", {e["name"]: e["value"] for e in config.to_env()})
+    loaded = ServeSettings()
+    assert serving.ServingConfig.model_validate(
+        loaded.model_dump(include=set(serving.ServingConfig.model_fields))
+    ) == config

@@ -125,6 +125,45 @@ class ServingConfig(ArtifactRef):
         "operator derives it from the pod's terminationGracePeriodSeconds minus its preStop "
         "pause, less a margin, so the kubelet never kills a draining server.",
     )
+    # Mirroring to a canary. Unset (None) is "not told" and is not rendered, so pods of a
+    # revision that mirrors nothing keep the pod template they had before these fields existed.
+    mirror_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^(https?://\S+)?$",
+        description="REST base URL of the canary Service (http://<name>-canary:8080): after "
+        "answering a client, the pod sends a sampled share of the requests it served to it and "
+        "compares the answers. Unset or empty: no mirroring.",
+    )
+    mirror_share: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of served requests mirrored (0-1, sampled per request); unset: 0.",
+    )
+    mirror_revision: str | None = Field(
+        default=None,
+        max_length=63,
+        description="The canary's revision: the 'canary' label of the mirroring metrics.",
+    )
+    mirror_output: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Output tensor compared between stable and canary; unset: the model's "
+        "first float output.",
+    )
+    mirror_queue: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Requests waiting to be mirrored at most; beyond it they are dropped (and "
+        "counted), never waited for. Unset: 64.",
+    )
+    mirror_keep_inputs: bool | None = Field(
+        default=None,
+        description="Keep the inputs of mismatching examples (GET /v2/mirror); unset or false: "
+        "only their sha256.",
+    )
 
 
 class DownloadConfig(ArtifactRef):

@@ -9,6 +9,7 @@ import onnxruntime as ort
 
 from modelship.api.artifact import Accuracy
 from modelship.api.v1alpha1 import AccuracyMetric, AccuracySpec
+from modelship_runtime.agreement import cosine, max_abs_error, top1_matches
 from modelship_runtime.builder.samples import Feed
 
 Outputs = list[list[np.ndarray]]
@@ -25,13 +26,6 @@ def run_all(session: ort.InferenceSession, feeds: Sequence[Feed]) -> Outputs:
     return result
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 or nb == 0.0:
-        return 1.0 if na == nb else 0.0
-    return float(np.dot(a, b) / (na * nb))
-
-
 def compare(reference: Outputs, candidate: Outputs, spec: AccuracySpec) -> Accuracy:
     """Cosine (per sample over all float outputs), max abs error and top-1 agreement.
 
@@ -46,12 +40,12 @@ def compare(reference: Outputs, candidate: Outputs, spec: AccuracySpec) -> Accur
     for ref, cand in zip(reference, candidate, strict=True):
         a = np.concatenate([o.reshape(-1) for o in ref])
         b = np.concatenate([o.reshape(-1) for o in cand])
-        cosines.append(_cosine(a, b))
-        max_abs = max(max_abs, float(np.max(np.abs(a - b))) if a.size else 0.0)
+        cosines.append(cosine(a, b))
+        max_abs = max(max_abs, max_abs_error(a, b))
         if primary is not None:
-            r, c = ref[primary], cand[primary]
-            agree += int(np.sum(r.argmax(-1) == c.argmax(-1)))
-            rows += r.reshape(-1, r.shape[-1]).shape[0]
+            matched, counted = top1_matches(ref[primary], cand[primary])
+            agree += matched
+            rows += counted
     top1 = agree / rows if rows else None
     cosine_mean = float(np.mean(cosines))
     if spec.metric == AccuracyMetric.COSINE:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from modelship_runtime.serve.errors import (
     ErrorKind,
     InferenceError,
@@ -76,6 +78,19 @@ class Transport(Protocol):
         ...
 
 
+class Tap(Protocol):
+    """Sees a sampled share of served requests after they are answered (canary mirroring)."""
+
+    output: str
+    """The output the tap needs, computed for sampled requests even when not asked for."""
+
+    def sample(self) -> bool: ...
+
+    def served(self, request_id: str | None, feeds: Feeds, output: np.ndarray[Any, Any]) -> None:
+        """Called soon after the request was answered (``call_soon``); must not block."""
+        ...
+
+
 class DataPlane:
     def __init__(self, model: ServedModel, limits: InputLimits | None = None) -> None:
         self.model = model
@@ -91,8 +106,10 @@ class DataPlane:
         self._idle = asyncio.Event()
         self._idle.set()
         self._transports: list[Transport] = []
+        self.tap: Tap | None = None
         self._inputs = {info.name: info for info in model.inputs}
         self._outputs = {info.name: info for info in model.outputs}
+        self._output_index = {info.name: i for i, info in enumerate(model.outputs)}
         self._input_names = ", ".join(f"'{n}'" for n in self._inputs)
         self._output_names = ", ".join(f"'{n}'" for n in self._outputs)
 
@@ -137,10 +154,17 @@ class DataPlane:
             )
         feeds = self.validate_inputs(request.inputs)
         names, binary = self._requested_outputs(request)
+        tap = self.tap
+        call_names = names
+        if tap is not None and tap.sample():
+            if names is not None and tap.output not in names:
+                call_names = [*names, tap.output]
+        else:
+            tap = None
         self.in_flight += 1
         self._idle.clear()
         try:
-            arrays = await model.predictor.predict(feeds, names)
+            arrays = await model.predictor.predict(feeds, call_names)
         except InferenceError:
             raise
         except Exception as exc:
@@ -155,6 +179,13 @@ class DataPlane:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
+        if tap is not None:
+            index = call_names.index(tap.output) if call_names else self._output_index[tap.output]
+            # After this task has handed the answer to its transport: mirroring never runs
+            # before, nor delays, the client's answer.
+            asyncio.get_running_loop().call_soon(tap.served, request.id, feeds, arrays[index])
+            if call_names is not names:
+                arrays = arrays[:-1]
         outputs = [
             Tensor(name, datatype_of(array), array)
             for name, array in zip(names or list(self._outputs), arrays, strict=True)

@@ -70,11 +70,17 @@ class RestApp:
     """ASGI app: ``await app(scope, receive, send)``."""
 
     def __init__(
-        self, plane: DataPlane, metrics: RequestMetrics | None, max_request_bytes: int
+        self,
+        plane: DataPlane,
+        metrics: RequestMetrics | None,
+        max_request_bytes: int,
+        mirror_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.plane = plane
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.mirror_status = mirror_status
+        """``GET /v2/mirror``: what the canary mirror reports (None: this pod mirrors nothing)."""
         self.draining = False
         """Set on SIGTERM: under uvicorn, every further response asks to close its connection
         (the built-in server does that itself)."""
@@ -123,6 +129,9 @@ class RestApp:
             if n == 3 and parts[1] == "health" and parts[2] in ("live", "ready"):
                 ok = plane.live if parts[2] == "live" else plane.ready
                 return Reply(200 if ok else 503, orjson.dumps({parts[2]: ok}))
+            if n == 2 and parts[1] == "mirror":
+                status = self.mirror_status() if self.mirror_status else {"enabled": False}
+                return Reply(200, orjson.dumps(status))
             if parts[1] == "models" and n >= 3:
                 name, version, rest = _model_path(parts)
                 if rest == []:
@@ -230,7 +239,7 @@ def _no_route(parts: list[str]) -> Reply:
         orjson.dumps(
             {
                 "error": f"no endpoint /{'/'.join(parts)}; see /v2, /v2/health/{{live,ready}}, "
-                "/v2/models/<name>[/versions/<v>][/ready|/infer]"
+                "/v2/models/<name>[/versions/<v>][/ready|/infer], /v2/mirror"
             }
         ),
     )

@@ -126,6 +126,36 @@ class ServeSettings(BaseSettings, ServingConfig, DownloadConfig):
         "balancers stop sending first (bounded by drain_deadline_s). In a pod the preStop "
         "pause does this, so the operator leaves it at 0.",
     )
+    mirror_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Mirroring: how long the canary may take to answer a mirrored request "
+        "(connect included) before it counts as failed.",
+    )
+    mirror_connections: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Mirroring: worker threads (each with one keep-alive connection) that send "
+        "mirrored requests and compare the answers.",
+    )
+    mirror_max_queue_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Mirroring: input bytes held by the mirror queue at most; a request that "
+        "does not fit is dropped (and counted).",
+    )
+    mirror_example_cosine: float = Field(
+        default=0.99,
+        ge=0,
+        le=1,
+        description="Mirroring: a compared request whose cosine is below this (or whose top-1 "
+        "differs) is kept as a mismatching example (GET /v2/mirror).",
+    )
+    mirror_examples: int = Field(
+        default=8, ge=1, le=256, description="Mirroring: mismatching examples kept (newest)."
+    )
     drift_sample_every: int = Field(
         default=1, ge=1, description="Feed every n-th request's inputs to the drift statistics."
     )
