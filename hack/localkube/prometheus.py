@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from localkube import addons, binaries, node, oci
-from localkube.cluster import log
+from localkube.cluster import log, wait_until
 
 if TYPE_CHECKING:
     from localkube.cluster import Cluster
@@ -163,7 +165,19 @@ def start(cluster: Cluster, timeout_s: float = 180.0) -> None:
         "Prometheus",
         timeout_s,
     )
+    # kube-proxy programs a new Service's rules a moment after it exists: wait until the API
+    # answers through the Service, where the tests and the operator reach it.
+    url = f"http://{address(cluster)}/-/ready"
+    wait_until(lambda: _answers(url), f"Prometheus at {url}", timeout_s, cluster.dead_process)
     log(f"Prometheus ready at http://{address(cluster)}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def address(cluster: Cluster) -> str:

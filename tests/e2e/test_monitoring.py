@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -79,8 +80,11 @@ def _load_rules(cluster: Cluster, base: str) -> None:
 
     def loaded() -> bool | None:
         request = urllib.request.Request(f"{base}/-/reload", method="POST")
-        with urllib.request.urlopen(request, timeout=10):
-            pass
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except urllib.error.URLError:
+            return None  # not reachable through its Service yet
         groups = {g["name"] for g in _get(base, "/api/v1/rules")["data"]["groups"]}
         return True if groups >= RULE_GROUPS else None
 
