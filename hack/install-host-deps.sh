@@ -2,10 +2,11 @@
 # Installs the Debian packages the local node and the image builds need, once (idempotent):
 # containerd, runc and the CNI plugins run the node; Docker and debootstrap build the images;
 # gcc compiles the pod sandbox binary; hey (a compiled HTTP load generator) drives the canary
-# e2e tests and bench; redis-server is Argo CD's cache on the node. Needs root (it is, on our machines).
+# e2e tests and bench, wrk the benches' closed-loop client; redis-server is Argo CD's cache on
+# the node. Needs root (it is, on our machines).
 set -euo pipefail
 packages=(containerd runc containernetworking-plugins iptables conntrack iproute2 socat
-          docker.io debootstrap gcc libc6-dev make git hey redis-server)
+          docker.io debootstrap gcc libc6-dev make git hey wrk redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -23,13 +23,11 @@ import secrets
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localkube import binaries
-from localkube.cluster import log, wait_until
+from localkube.cluster import http_ok, log, wait_until
 from localkube.ports import free_port
 
 if TYPE_CHECKING:
@@ -198,19 +196,11 @@ def _start_components(cluster: Cluster, argocd: Path, redis: str, timeout_s: flo
         ("argocd-server", state.ports["argocd-server"], "/healthz"),
     ):
         wait_until(
-            lambda port=port, path=path: _http_ok(f"http://127.0.0.1:{port}{path}"),  # type: ignore[misc]
+            lambda port=port, path=path: http_ok(f"http://127.0.0.1:{port}{path}"),  # type: ignore[misc]
             name,
             timeout_s,
             cluster.dead_process,
         )
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _install_resources(cluster: Cluster, argocd: Path, timeout_s: float) -> None:

@@ -621,6 +621,15 @@ class Cluster:
         ]
 
 
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 now (plain HTTP; for readiness polls)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

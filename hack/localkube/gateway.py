@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localkube import addons, binaries, node, oci
+from localkube import addons, binaries, node
 from localkube.cluster import log
 
 if TYPE_CHECKING:
@@ -164,11 +164,7 @@ def start(cluster: Cluster, timeout_s: float = 180.0) -> None:
     binary = binaries.ensure(("traefik",))["traefik"]
     name = image(binary)
     images = node.Images(node.NodeFiles(cluster.directory).socket)
-    if name not in images.present():
-        archive = node.IMAGES_DIR / (name.replace("/", "_").replace(":", "_") + ".tar")
-        if not archive.exists():
-            oci.write_image(archive, name, [oci.ImageFile(binary, BINARY_PATH)], [BINARY_PATH])
-        images.import_archive(archive)
+    images.ensure_binary_image(name, binary, BINARY_PATH)
     log("installing the Gateway API CRDs (v1.4.0, standard channel) and Traefik")
     for crd in crds(binary):
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))

@@ -276,13 +276,26 @@ class Images:
         }
         present = self.present()
         for name, (source, path, entrypoint) in wanted.items():
-            if name in present:
-                continue
-            archive = IMAGES_DIR / (name.replace("/", "_").replace(":", "_") + ".tar")
-            if not archive.exists():
-                oci.write_image(archive, name, [oci.ImageFile(source, path)], entrypoint)
-            self.import_archive(archive)
+            self.ensure_binary_image(name, source, path, entrypoint, present)
         return list(wanted)
+
+    def ensure_binary_image(
+        self,
+        name: str,
+        binary: Path,
+        path: str,
+        entrypoint: list[str] | None = None,
+        present: set[str] | None = None,
+    ) -> None:
+        """A one-binary image ``name`` on the node: written once (cached in IMAGES_DIR) and
+        imported unless containerd has it already."""
+        if name in (self.present() if present is None else present):
+            return
+        IMAGES_DIR.mkdir(parents=True, exist_ok=True)
+        archive = IMAGES_DIR / (name.replace("/", "_").replace(":", "_") + ".tar")
+        if not archive.exists():
+            oci.write_image(archive, name, [oci.ImageFile(binary, path)], entrypoint or [path])
+        self.import_archive(archive)
 
     @staticmethod
     def _pause_binary() -> Path:

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from localkube import addons, binaries, node, oci
-from localkube.cluster import log, wait_until
+from localkube import addons, binaries, node
+from localkube.cluster import http_ok, log, wait_until
 
 if TYPE_CHECKING:
     from localkube.cluster import Cluster
@@ -150,11 +148,7 @@ def start(cluster: Cluster, timeout_s: float = 180.0) -> None:
     binary = binaries.ensure(("prometheus",))["prometheus"]
     name = image(binary)
     images = node.Images(node.NodeFiles(cluster.directory).socket)
-    if name not in images.present():
-        archive = node.IMAGES_DIR / (name.replace("/", "_").replace(":", "_") + ".tar")
-        if not archive.exists():
-            oci.write_image(archive, name, [oci.ImageFile(binary, BINARY_PATH)], [BINARY_PATH])
-        images.import_archive(archive)
+    images.ensure_binary_image(name, binary, BINARY_PATH)
     log("installing Prometheus (Kubernetes pod discovery of the runtime and the operator)")
     cluster.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", "-",
@@ -168,16 +162,8 @@ def start(cluster: Cluster, timeout_s: float = 180.0) -> None:
     # kube-proxy programs a new Service's rules a moment after it exists: wait until the API
     # answers through the Service, where the tests and the operator reach it.
     url = f"http://{address(cluster)}/-/ready"
-    wait_until(lambda: _answers(url), f"Prometheus at {url}", timeout_s, cluster.dead_process)
+    wait_until(lambda: http_ok(url), f"Prometheus at {url}", timeout_s, cluster.dead_process)
     log(f"Prometheus ready at http://{address(cluster)}")
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def address(cluster: Cluster) -> str:
