@@ -75,6 +75,8 @@ class World:
     status: dict[str, Any] = field(default_factory=dict)
     """As the API server stores it: every tick writes it and the next one reads it back."""
     actions: list[Action] = field(default_factory=list)
+    route_weight: int | None = None
+    """The canary weight the live routes carry (router: gatewayAPI); None: not programmed."""
 
     @property
     def target(self) -> Any:
@@ -94,6 +96,7 @@ class World:
             canary=before.canary,
             annotations=dict(self.annotations),
             analysis=analysis,
+            route_weight=self.route_weight,
         )
         return Observation(
             self.generation,

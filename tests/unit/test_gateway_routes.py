@@ -229,3 +229,28 @@ def test_a_release_asks_the_route_for_its_step_weight_once_the_canary_has_a_read
     world.settle()
     world.tick()
     assert world.plan().route_weight == 10
+
+
+def test_a_step_without_a_pause_asks_for_a_promote_only_once_the_route_carries_its_weight() -> None:
+    rollout = {"router": "gatewayAPI", "gateway": {"httpRoute": "minilm"},
+               "steps": [{"weight": 10}, {"weight": 50}]}  # fmt: skip
+    world = World(spec=spec(replicas=2, rollout=rollout), stored=artifact(1))
+    world.tick()
+    world.settle()
+    world.tick()
+    world.stored = artifact(2, "int8-dynamic")
+    world.spec = respec(world.spec, optimization={"precision": "fp16"})
+    world.tick()
+    world.settle()
+    state = world.tick()
+    assert world.plan().route_weight == 10
+    assert state.canary is not None
+    assert state.canary.reason == "StepInProgress", "pods ready, the Gateway not yet told"
+    world.route_weight = 0  # the new generation is not programmed yet: the old weights
+    state = world.tick()
+    assert state.canary is not None
+    assert state.canary.reason == "StepInProgress"
+    world.route_weight = 10
+    state = world.tick()
+    assert state.canary is not None
+    assert (state.canary.reason, state.canary.weight) == ("WaitingForPromotion", 10)

@@ -585,9 +585,10 @@ def _promoting_status(tick: _Tick, canary: CanaryStatus, why: str) -> CanaryStat
 
 
 def _weight_reached(tick: _Tick, weight: int) -> bool:
-    """Every canary pod of the step's split is ready."""
-    seen = tick.revisions.get(tick.desired) or RolloutObservation()
-    return seen.ready >= tick.router.split(tick.total, weight).canary
+    """The canary serves the step's share (its router says when)."""
+    return tick.router.serves(
+        tick.total, weight, tick.ready(tick.stable), tick.ready(tick.desired)
+    )
 
 
 def _at_weight(tick: _Tick, canary: CanaryStatus) -> Release:

@@ -44,6 +44,11 @@ class Router(Protocol):
         """The share of requests the canary gets now, in percent."""
         ...
 
+    def serves(self, total: int, weight: int, stable_ready: int, canary_ready: int) -> bool:
+        """Whether the canary serves its step's ``weight``% now (a step without a pause asks a
+        person only from then on)."""
+        ...
+
 
 class ReplicaRouter:
     """One Service selects the pods of both revisions; requests spread over ready pods, so the
@@ -61,6 +66,10 @@ class ReplicaRouter:
         serving = stable_ready + canary_ready
         return 0 if serving == 0 else math.floor(100 * canary_ready / serving + 0.5)
 
+    def serves(self, total: int, weight: int, stable_ready: int, canary_ready: int) -> bool:
+        """Every canary pod of the step's split is ready."""
+        return canary_ready >= self.split(total, weight).canary
+
 
 class GatewayRouter(ReplicaRouter):
     """router: gatewayAPI. The Gateway sends each request by the weights the operator puts on
@@ -75,3 +84,11 @@ class GatewayRouter(ReplicaRouter):
         if canary_ready == 0 or self.route_weight is None:
             return 0
         return self.route_weight
+
+    def serves(self, total: int, weight: int, stable_ready: int, canary_ready: int) -> bool:
+        """The split's canary pods are ready and the Gateways took the step's weight (the
+        route's current generation is programmed with it): before, requests still go by the
+        previous weights."""
+        return super().serves(total, weight, stable_ready, canary_ready) and (
+            self.actual_weight(stable_ready, canary_ready) == weight
+        )
