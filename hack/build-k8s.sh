@@ -176,9 +176,8 @@ for c in "${components[@]}"; do
       # the CLI by the name in ARGOCD_BINARY_NAME (or the name it is called by).
       out="$BIN/argocd-$ARGOCD_VERSION"
       if [ ! -x "$out" ] || [ ! -f "$out-share/.done" ]; then
-        # CI starts this build early in the background; a second caller waits for it.
-        exec 9>"$BIN/.argocd.lock"
-        flock -n 9 || { log "argocd: another build is running; waiting for it"; flock 9; }
+        # (The component's lock, above, already makes a second caller wait for this build; a
+        # second lock on the same file here deadlocked the first caller against itself.)
         export GOTOOLCHAIN="$ARGOCD_GOTOOLCHAIN"
         if [ ! -x "$out" ]; then
           p="github.com/argoproj/argo-cd/v3/common"
@@ -198,7 +197,6 @@ for c in "${components[@]}"; do
           touch "$out-share/.done"
         fi
         unset GOTOOLCHAIN
-        exec 9>&-
       fi
       ;;
     traefik)

@@ -22,7 +22,9 @@ import yaml
 import argocd_cm
 from localkube import binaries
 
-pytestmark = pytest.mark.integration
+# The first test may wait for the Argo CD build CI starts in the background (cold, with the
+# tests running beside it, that is longer than the usual 600 s limit).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 DIR = argocd_cm.CUSTOMIZATIONS
 HEALTH_CASES = yaml.safe_load((DIR / "health_test.yaml").read_text())["tests"]
