@@ -5,7 +5,8 @@ their requests to one canary server (the same model, so every comparison is a fu
 loaded in turn by wrk (closed loop, one connection per client) with the load helpers of
 ``bench/serving.py``; runs are interleaved per repeat so machine drift hits every share alike.
 Reports client req/s and p99 per share and their ratios to 0 %, and what each stable's mirror
-did (compared, dropped, failed per second) from its metrics.
+did (compared, dropped, failed per second) from its metrics. Each mirroring stable is told its
+share as the operator tells a pod: a MirrorPlan in the file of ``--mirror-file``.
 
     .venv/bin/python bench/mirroring.py --repeats 3 --duration 3
 """
@@ -13,10 +14,12 @@ did (compared, dropped, failed per second) from its metrics.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ sys.path.insert(0, str(BENCH))
 import serving  # noqa: E402
 
 from localkube.ports import free_port  # noqa: E402
+from modelship.api.serving import MirrorPlan  # noqa: E402
 
 SHARES = (0.0, 0.1, 1.0)
 CONCURRENCY = (1, 8)
@@ -39,6 +43,18 @@ class Process:
     proc: subprocess.Popen[bytes]
     port: int
     metrics_port: int
+
+    def wait_mirroring(self, timeout: float = 30) -> None:
+        """Until the server follows its plan (it reads the file once warmed up)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            url = f"http://127.0.0.1:{self.port}/v2/mirror"
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                status = json.loads(reply.read())
+            if status["enabled"]:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the server on :{self.port} does not mirror: {status['reason']}")
 
     def outcomes(self) -> dict[str, float]:
         counts = dict.fromkeys(OUTCOMES, 0.0)
@@ -70,6 +86,17 @@ def start(model: Path, work: Path, *args: str) -> Process:
     return Process(proc, port, metrics_port)
 
 
+def mirroring(canary: Process, share: float, work: Path) -> tuple[str, ...]:
+    """The flags of a stable mirroring ``share`` of its requests to ``canary`` (none at 0)."""
+    if not share:
+        return ()
+    plan = MirrorPlan(stable="stable", canary="canary", url=f"http://127.0.0.1:{canary.port}",
+                      share=share)  # fmt: skip
+    path = work / f"mirror-{share}.json"
+    path.write_text(plan.model_dump_json())
+    return ("--mirror-file", str(path))
+
+
 def bench_case(
     name: str, model: Path, feeds: dict[str, np.ndarray], args: argparse.Namespace, work: Path
 ) -> dict[tuple[float, int], list[dict[str, float]]]:
@@ -78,11 +105,12 @@ def bench_case(
     # sparse mirrored calls.
     canary = start(model, work, "--revision", "canary", "--no-allow-spinning")
     stables = {
-        share: start(model, work, "--revision", "stable", *(
-            ("--mirror-url", f"http://127.0.0.1:{canary.port}", "--mirror-share", str(share),
-             "--mirror-revision", "canary") if share else ()))
+        share: start(model, work, "--revision", "stable", *mirroring(canary, share, work))
         for share in SHARES
-    }  # fmt: skip
+    }
+    for share, stable in stables.items():
+        if share:
+            stable.wait_mirroring()
     body = work / f"{name}.json"
     body.write_bytes(serving.oip_body(feeds))
     lua = work / f"{name}.lua"

@@ -15,14 +15,26 @@ BAD_X = [0.5] + [0.1] * 15
 """A row the failing version cannot take (its first feature is positive)."""
 
 
-def canary_model(path: Path, seed: int, *, fails_on_positive: bool = False, slow: int = 0) -> Path:
+def canary_model(
+    path: Path,
+    seed: int,
+    *,
+    fails_on_positive: bool = False,
+    slow: int = 0,
+    perturb: float = 0.0,
+) -> Path:
     """x[N,16] -> MLP -> y[N,4]; optionally failing for rows whose x[:,0] > 0 (a Gather out of
-    bounds, an error inside the graph), or ``slow`` extra 1024x1024 matmuls per row."""
+    bounds, an error inside the graph), or ``slow`` extra 1024x1024 matmuls per row, or with
+    the output layer's weights perturbed by noise ``perturb`` times their scale (same graph,
+    same speed, no errors: only its answers drift from the unperturbed model of that seed)."""
     rng = np.random.default_rng(seed)
+    w1, b1, w2 = rng.normal(size=(16, 32)), rng.normal(size=(32,)), rng.normal(size=(32, 4))
+    if perturb:
+        w2 = w2 + perturb * np.random.default_rng(seed + 1).normal(size=w2.shape)
     inits = [
-        numpy_helper.from_array(rng.normal(size=(16, 32)).astype(np.float32), "w1"),
-        numpy_helper.from_array(rng.normal(size=(32,)).astype(np.float32), "b1"),
-        numpy_helper.from_array(rng.normal(size=(32, 4)).astype(np.float32), "w2"),
+        numpy_helper.from_array(w1.astype(np.float32), "w1"),
+        numpy_helper.from_array(b1.astype(np.float32), "b1"),
+        numpy_helper.from_array(w2.astype(np.float32), "w2"),
     ]
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h"]),

@@ -5,16 +5,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from canary_models import GOOD_X, calibration_rows, canary_model
 from localkube import Cluster, stack
 from localkube.load import infer_body, wait_until_serving
 
 NS = stack.E2E_NAMESPACE
+SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+"""Serving resources of the e2e tier's ModelDeployments (the node has 2 CPUs)."""
+CREATED: list[str] = []
+"""ModelDeployments the running test created (in modules that use the fixture below)."""
+
+
+@pytest.fixture(autouse=True)
+def delete_what_the_test_created(modelship: Cluster) -> Iterator[None]:
+    """A failed test must not leave its ModelDeployments (and Jobs, pods) to the next ones; a
+    module that imports this fixture gets it for every test."""
+    yield
+    while CREATED:
+        modelship.kubectl("delete", "mdep", CREATED.pop(), "-n", NS, "--ignore-not-found",
+                          "--wait=true", timeout=180)  # fmt: skip
 
 
 class Models:
@@ -76,3 +93,29 @@ def infer_url(cluster: Cluster, name: str) -> str:
     url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
     wait_until_serving(url, infer_body(GOOD_X))
     return url
+
+
+def pod_metrics(cluster: Cluster, name: str) -> list[tuple[str, str]]:
+    """(revision, /metrics text) of every running serving pod of ModelDeployment ``name``."""
+    pods = json.loads(cluster.kubectl(
+        "get", "pods", "-n", NS, "-l", f"modelship.io/deployment={name}", "-o", "json",
+    ).stdout)["items"]  # fmt: skip
+    out = []
+    for pod in pods:
+        ip = pod["status"].get("podIP")
+        if not ip or pod["metadata"].get("deletionTimestamp"):
+            continue
+        with urllib.request.urlopen(f"http://{ip}:9090/metrics", timeout=5) as response:
+            text = response.read().decode()
+        out.append((pod["metadata"]["labels"].get("modelship.io/revision", ""), text))
+    return out
+
+
+def series_sum(text: str, metric: str, **labels: str) -> float:
+    """The sum of ``metric``'s samples in a /metrics text whose labels include ``labels``."""
+    total = 0.0
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        if line.startswith(metric + "{") and all(w in line for w in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -13,7 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelship.api.timestamps import format_time
-from modelship.api.v1alpha1 import AnalysisResult, AnalysisVerdict, ModelDeploymentSpec
+from modelship.api.v1alpha1 import (
+    AnalysisResult,
+    AnalysisVerdict,
+    MismatchExample,
+    ModelDeploymentSpec,
+)
 from modelship.domain import naming, status
 from modelship.domain.lifecycle import Action, Emit, EnsureServing, State, step
 from modelship.domain.observation import (
@@ -77,6 +82,8 @@ class World:
     actions: list[Action] = field(default_factory=list)
     route_weight: int | None = None
     """The canary weight the live routes carry (router: gatewayAPI); None: not programmed."""
+    mismatches: tuple[MismatchExample, ...] | None = None
+    """What the stable pods' GET /v2/mirror says, read with the next verdict."""
 
     @property
     def target(self) -> Any:
@@ -97,6 +104,7 @@ class World:
             annotations=dict(self.annotations),
             analysis=analysis,
             route_weight=self.route_weight,
+            mismatches=self.mismatches if analysis is not None else None,
         )
         return Observation(
             self.generation,
@@ -124,9 +132,7 @@ class World:
         for revision in (plan.stable, plan.canary):
             if revision is None:
                 continue
-            name = revision.legacy_name or naming.revision_deployment_name(
-                NAME, revision.revision
-            )
+            name = revision.legacy_name or naming.revision_deployment_name(NAME, revision.revision)
             seen = self.deployments.get(name)
             if seen is None:
                 seen = RolloutObservation(

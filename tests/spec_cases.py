@@ -197,9 +197,19 @@ INVALID_CASES = [
         _set("spec.rollout.steps", [{"weight": 10}, {"weight": 10}, {"weight": 50}]),
     ),
     InvalidCase(
-        "step-weight-zero",
-        "spec.rollout.steps[0].weight",
+        "shadow-step-without-mirror",
+        "spec.rollout.steps[0]",
         _set("spec.rollout.steps", [{"weight": 0}]),
+    ),
+    InvalidCase(
+        "step-mirror-zero",
+        "spec.rollout.steps[0].mirror",
+        _set("spec.rollout.steps", [{"weight": 10, "mirror": 0}]),
+    ),
+    InvalidCase(
+        "agreement-min-above-1",
+        "spec.rollout.analysis.agreement.min",
+        _set("spec.rollout.analysis.agreement", {"min": 1.5}),
     ),
     InvalidCase(
         "step-weight-above-100",

@@ -80,14 +80,14 @@ RULES: list[dict[str, Any]] = [
     },
     # Health (serving pods) and build results (builder pods' termination messages): read only.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-    # The artifact index ConfigMap. "create" cannot be limited to a name (Kubernetes authorizes
-    # a create before the object exists), so it allows ConfigMaps of any name; reading and
-    # patching are limited to the index's own name.
+    # The artifact index and the mirror plans (one ConfigMap each per namespace). "create"
+    # cannot be limited to a name (Kubernetes authorizes a create before the object exists),
+    # so it allows ConfigMaps of any name; reading and patching are limited to those two.
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
     {
         "apiGroups": [""],
         "resources": ["configmaps"],
-        "resourceNames": [naming.INDEX_CONFIGMAP],
+        "resourceNames": [naming.INDEX_CONFIGMAP, naming.MIRROR_CONFIGMAP],
         "verbs": ["get", "patch"],
     },
     # Events on ModelDeployments (ours and kopf's warnings), always created, never changed.

@@ -18,16 +18,27 @@ from modelship.api.serving import GRPC_PORT, REST_PORT
 from modelship.api.timestamps import format_time, now, parse_time
 from modelship.api.types import duration_seconds
 from modelship.api.v1alpha1 import (
+    MAX_MISMATCHES,
     AnalysisResult,
     AnalysisVerdict,
     CanaryStatus,
     MetricsSource,
+    MismatchExample,
     ModelDeploymentSpec,
     Phase,
     Router,
 )
 from modelship.domain import artifact_index, desired, health, naming, pod_faults, promql, routes
-from modelship.domain.analysis import Accumulator, judge, judge_answers, parse_metrics
+from modelship.domain.analysis import (
+    LIVE,
+    REPLAY,
+    Accumulator,
+    Drift,
+    judge,
+    judge_answers,
+    parse_metrics,
+)
+from modelship.domain.analysis import mismatches as analysis_mismatches
 from modelship.domain.lifecycle import (
     Action,
     AdoptBuild,
@@ -159,6 +170,7 @@ class Reconciler:
         self.settings = settings
         self.metrics = metrics
         self.metrics_reader = metrics_reader or PodScraper()
+        self.mirror_reader: MetricsReader = PodScraper(REST_PORT, path="/v2/mirror")
         self.prometheus = prometheus or (
             PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
         )
@@ -356,10 +368,16 @@ class Reconciler:
             template = legacy_template_hash(pods)
             revisions = [replace(r, template_hash=template) if r.legacy else r for r in revisions]
         verdict = None
+        mismatches = None
+        analysis = spec.rollout.analysis
         if analysing and canary is not None and before.stable is not None and pods is not None:
             cpu = time.process_time()
             stable = before.stable.revision
             verdict = self._analyse(owner, spec, canary, stable, pods, memory, moment)
+            if verdict is not None and (
+                analysis.agreement or analysis.replay or analysis.output_drift
+            ):
+                mismatches = self._mismatches(canary.revision, stable, pods)
             if verdict is not None:
                 self.metrics.observe_analysis(
                     ns, owner.name, verdict.verdict.value, time.process_time() - cpu
@@ -377,6 +395,7 @@ class Reconciler:
             canary=canary,
             annotations=manual,
             analysis=verdict,
+            mismatches=mismatches,
             route_weight=route_weight,
         )
         return Observation(
@@ -396,6 +415,25 @@ class Reconciler:
         if seen is None:
             return False
         return analysis_window(spec, canary, seen.ready, seen.desired, moment)
+
+    @staticmethod
+    def _drift(
+        accumulator: Accumulator, spec: ModelDeploymentSpec, canary: str, stable: str
+    ) -> Drift | None:
+        check = spec.rollout.analysis.output_drift
+        if check is None:
+            return None
+        return accumulator.drift(stable, canary, check.source.value)
+
+    def _mismatches(
+        self, canary: str, stable: str, pods: list[dict[str, Any]]
+    ) -> tuple[MismatchExample, ...]:
+        """The stable pods' newest mismatching examples of this canary (GET /v2/mirror)."""
+        targets = [t for t in _targets(pods, canary, stable) if t.revision == stable]
+        texts = self.mirror_reader.read(targets)
+        names = {t.pod: t.name for t in targets}
+        by_name = {names[pod]: text for pod, text in texts.items()}
+        return analysis_mismatches(by_name, canary, MAX_MISMATCHES)
 
     def _analyse(
         self,
@@ -439,12 +477,18 @@ class Reconciler:
             )
         baseline_only = _observe_all(window.accumulator, targets, texts)
         accumulator = window.accumulator
+        stable_sample = accumulator.sample(stable)
         result = judge(
             accumulator.sample(canary.revision),
-            accumulator.sample(stable),
+            stable_sample,
             spec.rollout.analysis,
             format_time(moment),
             (moment - window.since).total_seconds(),
+            outputs={
+                source: stable_sample.agreements(canary.revision, source)
+                for source in (LIVE, REPLAY)
+            },
+            drift=self._drift(accumulator, spec, canary.revision, stable),
         )
         if baseline_only:
             result = result.model_copy(
@@ -766,7 +810,29 @@ class Reconciler:
                 writes += 1
             memory.hashes[key] = None
         writes += self._set_route_weights(owner, spec, plan.route_weight, memory)
-        return writes, None
+        mirrored, fault = self._set_mirror_plan(owner, spec, plan, memory)
+        return writes + mirrored, fault
+
+    def _set_mirror_plan(
+        self, owner: naming.Owner, spec: ModelDeploymentSpec, plan: ServingPlan, memory: _Memory
+    ) -> tuple[int, Fault | None]:
+        """This ModelDeployment's key of the namespace's mirror ConfigMap (the stable's pods
+        read it while they run); only that key is ever written."""
+        ns, name = owner.namespace, naming.MIRROR_CONFIGMAP
+        key, text = naming.mirror_key(owner.name), desired.mirror_entry(spec, owner, plan.mirror)
+        memo = f"ConfigMap/{name}/{key}"
+        if memory.hashes.get(memo, "") == (text or ""):
+            return 0, None
+        current = self.kube.get("ConfigMap", ns, name)
+        if current is not None and not artifact_index.is_ours(current):
+            return 0, name_conflict(Scope.SERVING, current, MIRROR_FIX)
+        if ((current or {}).get("data") or {}).get(key) != text:
+            self.kube.merge_data(ns, name, {key: text})
+            written = 1
+        else:
+            written = 0
+        memory.hashes[memo] = text or ""
+        return written, None
 
     def _write_status(
         self,
@@ -795,6 +861,10 @@ ROUTE_FINALIZER = f"{naming.PREFIX}/routes"
 """router: gatewayAPI: set while the operator holds weights on the user's routes, so that they
 are given back (pointing at ``<name>``) before the ModelDeployment is gone."""
 
+MIRROR_FIX = (
+    "the operator keeps the mirror plans of a namespace's canaries under this name: rename or "
+    "delete that ConfigMap"
+)
 INDEX_FIX = "the operator keeps its artifact index under this name: rename or delete that ConfigMap"
 JOB_FIX = (
     "its name is the build's (from the artifact digest): delete that Job, or change "
@@ -821,7 +891,8 @@ def _targets(pods: list[dict[str, Any]], canary: str, stable: str) -> list[Targe
         ready = pod_faults.is_ready(pod)
         revision = (meta.get("labels") or {}).get(naming.LABEL_REVISION, stable)
         if ready and revision in (canary, stable):
-            out.append(Target(meta.get("uid", meta.get("name", "")), status["podIP"], revision))
+            uid = meta.get("uid", meta.get("name", ""))
+            out.append(Target(uid, status["podIP"], revision, meta.get("name", "")))
     return out
 
 

@@ -1,4 +1,5 @@
-"""Reading the runtime pods' /metrics for canary analysis (``analysis.source: pods``).
+"""Reading the runtime pods' /metrics for canary analysis (``analysis.source: pods``), and
+the stable pods' mirroring report (``GET /v2/mirror``: their newest mismatching examples).
 
 The operator talks to each ready pod directly (pod IP, metrics port), in parallel, with a short
 timeout: a pod that does not answer is skipped this interval and its baseline stays, so the
@@ -27,6 +28,7 @@ class Target:
     """A stable identity of the pod (its uid)."""
     ip: str
     revision: str
+    name: str = ""
 
 
 class MetricsReader(Protocol):
@@ -38,12 +40,15 @@ class MetricsReader(Protocol):
 
 
 class PodScraper:
-    def __init__(self, port: int = METRICS_PORT, timeout: float = SCRAPE_TIMEOUT_S) -> None:
+    def __init__(
+        self, port: int = METRICS_PORT, timeout: float = SCRAPE_TIMEOUT_S, path: str = "/metrics"
+    ) -> None:
         self.port = port
         self.timeout = timeout
+        self.path = path
 
     def _get(self, target: Target) -> str | None:
-        url = f"http://{target.ip}:{self.port}/metrics"
+        url = f"http://{target.ip}:{self.port}{self.path}"
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as response:
                 return str(response.read().decode())

@@ -3,6 +3,7 @@
 Layout under the store root::
 
     <digest-hex>/model.onnx
+    <digest-hex>/golden.npz           the golden set (optional: artifacts built before it lack it)
     <digest-hex>/manifest.json        written last: the commit marker, the only thing readers trust
     index/<request_key>.json          maps a build request (unpinned source) to its digest
 
@@ -29,6 +30,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from modelship.api.artifact import MANIFEST_FILE, ArtifactStore, Manifest
+from modelship.api.serving import REPLAY_FILE
 from modelship_runtime.io_settings import IOSettings
 from modelship_runtime.s3client import make_client, parse_s3_uri
 
@@ -103,7 +105,9 @@ class Store(Protocol):
     def exists(self, digest: str) -> bool: ...
     def get_manifest(self, digest: str) -> Manifest | None: ...
     def download(self, digest: str, dest: Path) -> Manifest: ...
-    def publish(self, digest: str, model: Path, manifest: Manifest) -> str: ...
+    def publish(
+        self, digest: str, model: Path, manifest: Manifest, golden: Path | None = None
+    ) -> str: ...
     def get_index(self, request_key: str) -> IndexEntry | None: ...
     def put_index(self, request_key: str, entry: IndexEntry) -> None: ...
 
@@ -134,10 +138,16 @@ def _write_local_atomically(dest: Path, data: bytes) -> None:
 
 
 def _download_verified(
-    store: Store, digest: str, fetch: Callable[[str, Path], object], dest: Path
+    store: Store,
+    digest: str,
+    fetch: Callable[[str, Path], object],
+    dest: Path,
+    fetch_golden: Callable[[Path], bool],
 ) -> Manifest:
     """Fetch the model (``fetch(model_file, to)``) next to ``dest``, check it against the
-    manifest, then move both in. A model that does not match never stays in ``dest``."""
+    manifest, then move both in, with the golden set when the artifact has one
+    (``fetch_golden(to)`` says whether it had). A model that does not match never stays in
+    ``dest``."""
     manifest = store.get_manifest(digest)
     if manifest is None:
         raise StoreError(f"artifact {digest} is not in {store.uri}; build it first")
@@ -149,8 +159,23 @@ def _download_verified(
         os.replace(tmp, dest / manifest.model_file)
     finally:
         tmp.unlink(missing_ok=True)
+    _download_golden(fetch_golden, dest)
     _write_local_atomically(dest / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
     return manifest
+
+
+def _download_golden(fetch: Callable[[Path], bool], dest: Path) -> None:
+    """The golden set into ``dest``, or none there when the artifact has none. The manifest
+    does not list it: the set only feeds replay, whose server checks it against the model's
+    signature, and an artifact without one still serves."""
+    tmp = dest / f".{REPLAY_FILE}.{uuid.uuid4().hex}.tmp"
+    try:
+        if fetch(tmp):
+            os.replace(tmp, dest / REPLAY_FILE)
+        else:
+            (dest / REPLAY_FILE).unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class DirectoryStore:
@@ -179,11 +204,24 @@ class DirectoryStore:
 
     def download(self, digest: str, dest: Path) -> Manifest:
         source = self._dir(digest)
+
+        def fetch_golden(tmp: Path) -> bool:
+            if not (source / REPLAY_FILE).is_file():
+                return False
+            shutil.copyfile(source / REPLAY_FILE, tmp)
+            return True
+
         return _download_verified(
-            self, digest, lambda name, tmp: shutil.copyfile(source / name, tmp), dest
+            self,
+            digest,
+            lambda name, tmp: shutil.copyfile(source / name, tmp),
+            dest,
+            fetch_golden,
         )
 
-    def publish(self, digest: str, model: Path, manifest: Manifest) -> str:
+    def publish(
+        self, digest: str, model: Path, manifest: Manifest, golden: Path | None = None
+    ) -> str:
         final = self._dir(digest)
         if self.exists(digest):
             return self.artifact_uri(digest)
@@ -192,9 +230,13 @@ class DirectoryStore:
         tmp = self.root / f".tmp-{digest_hex(digest)}-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
-            shutil.copyfile(model, tmp / manifest.model_file)
-            with (tmp / manifest.model_file).open("rb") as f:
-                os.fsync(f.fileno())
+            copies = [(model, manifest.model_file)]
+            if golden is not None:
+                copies.append((golden, REPLAY_FILE))
+            for source, name in copies:
+                shutil.copyfile(source, tmp / name)
+                with (tmp / name).open("rb") as f:
+                    os.fsync(f.fileno())
             _write_local_atomically(
                 tmp / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode()
             )
@@ -268,21 +310,34 @@ class S3Store:
         return sha
 
     def download(self, digest: str, dest: Path) -> Manifest:
-        return _download_verified(
-            self,
-            digest,
-            lambda name, tmp: self.client.download_file(
-                self.bucket, self._key(digest_hex(digest), name), str(tmp)
-            ),
-            dest,
-        )
+        def fetch(name: str, tmp: Path) -> None:
+            self.client.download_file(self.bucket, self._key(digest_hex(digest), name), str(tmp))
 
-    def publish(self, digest: str, model: Path, manifest: Manifest) -> str:
-        # S3 has no rename. Model first, manifest last; readers trust only a manifest whose
-        # model_sha256 matches the stored model's. Concurrent builders of one digest may hold
-        # different bytes (auto selection is timing-based), so each round either finds a
-        # consistent pair (anyone's) and stops, or completes the pair with the fewest writes;
-        # jittered waits break the symmetry between writers so they settle on one pair.
+        def fetch_golden(tmp: Path) -> bool:
+            try:
+                fetch(REPLAY_FILE, tmp)
+            except self.client.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False  # built before artifacts had golden sets
+                raise
+            return True
+
+        return _download_verified(self, digest, fetch, dest, fetch_golden)
+
+    def publish(
+        self, digest: str, model: Path, manifest: Manifest, golden: Path | None = None
+    ) -> str:
+        # S3 has no rename. Golden set and model first, manifest last; readers trust only a
+        # manifest whose model_sha256 matches the stored model's. Concurrent builders of one
+        # digest may hold different model bytes (auto selection is timing-based), so each
+        # round either finds a consistent pair (anyone's) and stops, or completes the pair
+        # with the fewest writes; jittered waits break the symmetry between writers so they
+        # settle on one pair. Their golden sets are the same samples (the same source and
+        # calibration data), so whichever is stored last is as good.
+        if golden is not None:
+            self.client.upload_file(
+                str(golden), self.bucket, self._key(digest_hex(digest), REPLAY_FILE)
+            )
         sha = manifest.model_sha256 or file_sha256(model)
         body = manifest.model_copy(update={"model_sha256": sha}).model_dump_json(indent=2)
         model_key = self._key(digest_hex(digest), manifest.model_file)

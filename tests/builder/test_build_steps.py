@@ -1,4 +1,5 @@
-"""The three steps of a build pod: fetch, convert (may unpickle), publish (holds the store).
+"""The three steps of a build pod: fetch, convert (may unpickle), publish (holds the store),
+and the golden set every artifact carries (the samples its variants were judged on).
 
 The publish step treats what the convert step wrote as untrusted input: a link, external data
 or a forged failure report gets it nothing. The pod spec that keeps credentials and the store
@@ -18,15 +19,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from modelship.api.artifact import BuildPlan
-from modelship.api.v1alpha1 import Precision
-from modelship_runtime.builder import handoff
+from modelship.api.artifact import MANIFEST_FILE, MODEL_FILE, BuildPlan
+from modelship.api.serving import REPLAY_FILE
+from modelship.api.v1alpha1 import CalibrationSpec, Precision
+from modelship_runtime.builder import handoff, samples
 from modelship_runtime.builder.benchmark import BenchSettings
 from modelship_runtime.builder.cli import as_build_error, job_main
 from modelship_runtime.builder.errors import BuildError
-from modelship_runtime.builder.pipeline import convert_step, fetch_step, publish_step
+from modelship_runtime.builder.pipeline import build, convert_step, fetch_step, publish_step
+from modelship_runtime.builder.signature import signature_of
 from modelship_runtime.io_settings import IOSettings
-from modelship_runtime.store import DirectoryStore, file_sha256
+from modelship_runtime.store import DirectoryStore, digest_hex, file_sha256
 
 MakePlan = Callable[..., BuildPlan]
 
@@ -80,8 +83,38 @@ def test_the_three_steps_build_what_one_process_builds(
     assert not result.reused
     store = DirectoryStore(tmp_path / "store")
     assert store.get_manifest(result.digest) is not None
+    # The golden set: the generated samples the variants were judged on, stacked per input.
+    with np.load(tmp_path / "store" / digest_hex(result.digest) / REPLAY_FILE) as golden:
+        assert golden.files == ["input"]
+        want = samples.generate(signature_of(tiny_model), samples.GENERATED_SAMPLES)
+        assert np.array_equal(golden["input"], np.concatenate([f["input"] for f in want]))
     again = publish_step(plan, sources, converted, io=pvc_io, bench=fast_bench)
     assert again.reused
+
+
+def test_the_golden_set_is_the_calibration_rows_the_build_used(
+    tmp_path: Path, make_plan: MakePlan, tiny_model: Path, fast_bench: BenchSettings
+) -> None:
+    rows = np.random.default_rng(5).normal(size=(50, 8)).astype(np.float32)
+    np.savez(tmp_path / "calibration.npz", input=rows, unused=np.zeros(3))
+    calibration = CalibrationSpec(uri=(tmp_path / "calibration.npz").as_uri(), samples=20)
+    plan = make_plan(tiny_model.as_uri(), precision=Precision.FP32, calibration=calibration)
+    result = build(plan, bench=fast_bench, workdir=tmp_path)
+    served = tmp_path / "served"
+    DirectoryStore(tmp_path / "store").download(result.digest, served)  # what a pod gets
+    assert sorted(p.name for p in served.iterdir()) == sorted(
+        [MANIFEST_FILE, MODEL_FILE, REPLAY_FILE]
+    )
+    with np.load(served / REPLAY_FILE) as golden:
+        assert golden.files == ["input"]
+        assert np.array_equal(golden["input"], rows[:20])  # at most the samples asked for
+
+
+def test_a_model_with_a_fixed_batch_above_one_gets_no_golden_set(tmp_path: Path) -> None:
+    """Its samples cannot be sent one by one, as replay sends them."""
+    feeds = [{"x": np.zeros((4, 3), np.float32)}]
+    assert samples.write_golden_set(feeds, tmp_path / REPLAY_FILE) is None
+    assert not (tmp_path / REPLAY_FILE).exists()
 
 
 def test_a_converted_model_that_is_a_link_is_refused(

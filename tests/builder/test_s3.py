@@ -14,8 +14,8 @@ import pytest
 from s3_server import S3Server, minio
 
 from builder_helpers import manifest_for, run_all_at_once
-from modelship.api.artifact import ArtifactStore, BuildPlan
-from modelship.api.serving import MODEL_DIR, env_name
+from modelship.api.artifact import MANIFEST_FILE, MODEL_FILE, ArtifactStore, BuildPlan
+from modelship.api.serving import MODEL_DIR, REPLAY_FILE, env_name
 from modelship.api.v1alpha1 import ModelDeploymentSpec, Precision, S3Settings
 from modelship.domain import desired
 from modelship.domain.naming import Owner
@@ -75,6 +75,14 @@ def test_store_roundtrip(bucket: tuple[str, Any], s3_server: S3Server, tmp_path:
     entry = store.get_index(key)
     assert entry is not None
     assert entry.digest == digest
+
+    assert not (tmp_path / "dest" / REPLAY_FILE).exists()  # published without a golden set
+    with_golden = "sha256:" + "ef" * 32
+    golden = tmp_path / REPLAY_FILE
+    golden.write_bytes(b"golden-bytes")
+    store.publish(with_golden, model, manifest_for(model, with_golden), golden)
+    store.download(with_golden, tmp_path / "dest")
+    assert (tmp_path / "dest" / REPLAY_FILE).read_bytes() == b"golden-bytes"
 
     # Bytes replaced behind the manifest's back are refused, not served.
     client.put_object(Bucket=name, Key=f"artifacts/{'ab' * 32}/model.onnx", Body=b"tampered")
@@ -180,7 +188,7 @@ def test_serving_init_container_downloads_the_artifact_from_s3(
 
     run = fetch(args)
     assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in model_dir.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [REPLAY_FILE, MANIFEST_FILE, MODEL_FILE]
     assert file_sha256(model_dir / "model.onnx") == built.manifest.model_sha256
 
     env[env_name("artifact_digest")] = "sha256:" + "0" * 64

@@ -11,20 +11,28 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from canary_models import BAD_X, GOOD_X
-from e2e_models import Models, canary_of, events, first_revision, infer_url
+from e2e_models import (
+    CREATED,
+    SMALL,
+    Models,
+    canary_of,
+    delete_what_the_test_created,  # noqa: F401  (autouse: deletes CREATED)
+    events,
+    first_revision,
+    infer_url,
+)
 from localkube import Cluster, stack
 from localkube.load import HeyLoad, LoadResult, infer_body
 
 pytestmark = pytest.mark.e2e
 
 NS = stack.E2E_NAMESPACE
-SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 INTERVAL_S = 5
 FAILURE_LIMIT = 2
 
@@ -58,18 +66,6 @@ def _rollout(**analysis: Any) -> dict[str, Any]:
         "analysis": {"interval": f"{INTERVAL_S}s", "minRequests": 10,
                      "failureLimit": FAILURE_LIMIT} | analysis,
     }  # fmt: skip
-
-
-CREATED: list[str] = []
-
-
-@pytest.fixture(autouse=True)
-def _delete_what_the_test_created(modelship: Cluster) -> Iterator[None]:
-    """A failed test must not leave its ModelDeployment (and Jobs, pods) to the next ones."""
-    yield
-    while CREATED:
-        modelship.kubectl("delete", "mdep", CREATED.pop(), "-n", NS, "--ignore-not-found",
-                          "--wait=true", timeout=180)  # fmt: skip
 
 
 def _first_revision(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[str, Any]:

@@ -23,12 +23,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from e2e_models import SMALL
 from localkube import Cluster, stack
 
 pytestmark = pytest.mark.e2e
 
 NS = stack.E2E_NAMESPACE
-SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 
 
 def _mlp(path: Path, seed: int) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 
 from canary_models import GOOD_X, canary_model
+from e2e_models import SMALL, pod_metrics, series_sum
 from localkube import Cluster, gateway, stack
 from localkube.load import infer_body
 from polling import wait_for
@@ -29,7 +29,6 @@ from polling import wait_for
 pytestmark = pytest.mark.e2e
 
 NS = stack.E2E_NAMESPACE
-SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 TOLERANCE = 3.0
 """Percentage points between the weight asked and the share served."""
 
@@ -122,22 +121,11 @@ def released(gw: Cluster, models: dict[str, tuple[str, str]]) -> Iterator[str]:
 
 def _counts(cluster: Cluster, name: str) -> dict[tuple[str, str], float]:
     """Requests answered 200, by (revision, protocol), summed over the revision's pods."""
-    pods = json.loads(cluster.kubectl(
-        "get", "pods", "-n", NS, "-l", f"modelship.io/deployment={name}", "-o", "json",
-    ).stdout)["items"]  # fmt: skip
     counts: dict[tuple[str, str], float] = {}
-    for pod in pods:
-        ip = pod["status"].get("podIP")
-        revision = pod["metadata"]["labels"].get("modelship.io/revision", "")
-        if not ip or pod["metadata"].get("deletionTimestamp"):
-            continue
-        with urllib.request.urlopen(f"http://{ip}:9090/metrics", timeout=5) as response:
-            text = response.read().decode()
-        for line in text.splitlines():
-            if line.startswith("modelship_requests_total{") and 'code="200"' in line:
-                protocol = line.split('protocol="', 1)[1].split('"', 1)[0]
-                key = (revision, protocol)
-                counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    for revision, text in pod_metrics(cluster, name):
+        for protocol in ("rest", "grpc"):
+            served = series_sum(text, "modelship_requests_total", code="200", protocol=protocol)
+            counts[(revision, protocol)] = counts.get((revision, protocol), 0.0) + served
     return counts
 
 

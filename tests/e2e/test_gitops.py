@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from canary_models import BAD_X, GOOD_X
-from e2e_models import Models
+from e2e_models import SMALL, Models
 from localkube import Cluster, argocd, stack
 from localkube.load import HeyLoad, infer_body, wait_until_serving
 from polling import wait_for
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.e2e
 
 NS = stack.E2E_NAMESPACE
 APP_NS = argocd.NAMESPACE
-SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 INTERVAL_S = 5
 
 

@@ -33,6 +33,7 @@ import yaml
 import dashboard
 from canary_models import BAD_X, GOOD_X, calibration_rows, canary_model
 from chart_helpers import rule_groups
+from e2e_models import SMALL
 from localkube import Cluster, prometheus, stack
 from localkube.load import HeyLoad, infer_body, wait_until_serving
 
@@ -41,7 +42,6 @@ pytestmark = pytest.mark.e2e
 NS = stack.E2E_NAMESPACE
 RULES_CONFIGMAP = ("kube-system", "prometheus-rules")
 RULE_GROUPS = {"modelship.slo", "modelship.alerts"}
-SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 STEP_WEIGHT = 50
 T = TypeVar("T")
 

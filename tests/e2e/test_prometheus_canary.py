@@ -16,20 +16,28 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from canary_models import BAD_X, GOOD_X
-from e2e_models import Models, canary_of, events, first_revision, infer_url
+from e2e_models import (
+    CREATED,
+    SMALL,
+    Models,
+    canary_of,
+    delete_what_the_test_created,  # noqa: F401  (autouse: deletes CREATED)
+    events,
+    first_revision,
+    infer_url,
+)
 from localkube import Cluster, prometheus, stack
 from localkube.load import HeyLoad, infer_body
 
 pytestmark = pytest.mark.e2e
 
 NS = stack.E2E_NAMESPACE
-SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 INTERVAL_S = 10
 """Five of Prometheus' 2 s scrapes per interval, so increase() always has samples to work on."""
 FAILURE_LIMIT = 2
@@ -93,17 +101,6 @@ def _rollout(*metrics: dict[str, Any], **analysis: Any) -> dict[str, Any]:
         "analysis": {"source": "prometheus", "interval": f"{INTERVAL_S}s", "minRequests": 10,
                      "failureLimit": FAILURE_LIMIT, "metrics": [SERVED, *metrics]} | analysis,
     }  # fmt: skip
-
-
-CREATED: list[str] = []
-
-
-@pytest.fixture(autouse=True)
-def _delete_what_the_test_created(modelship: Cluster) -> Iterator[None]:
-    yield
-    while CREATED:
-        modelship.kubectl("delete", "mdep", CREATED.pop(), "-n", NS, "--ignore-not-found",
-                          "--wait=true", timeout=180)  # fmt: skip
 
 
 def _first_revision(cluster: Cluster, name: str, spec: dict[str, Any]) -> str:

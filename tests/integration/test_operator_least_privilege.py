@@ -149,6 +149,7 @@ def test_operator_watching_one_namespace_runs_under_namespaced_roles_only(
         assert not can("list", "namespaces")
         assert not can("list", "customresourcedefinitions.apiextensions.k8s.io")
         assert can("patch", "configmaps/modelship-artifacts", "-n", namespace)
+        assert can("patch", "configmaps/modelship-mirror", "-n", namespace)
         assert not can("patch", "configmaps/kube-root-ca.crt", "-n", namespace)
         assert can("create", "configmaps", "-n", namespace)  # cannot be limited to a name
         assert not can("get", "secrets", "-n", namespace)

@@ -1,5 +1,6 @@
 """Mirroring to a canary, without servers: sampling, the never-blocking queue, the agreement
-arithmetic against numpy, the mismatch ring buffer and input hashing."""
+arithmetic against numpy, the mismatch ring buffer, input hashing, metric families registered
+once per registry, and how a mirrored request is recognised."""
 
 from __future__ import annotations
 
@@ -12,23 +13,26 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from modelship.api.serving import MirrorPlan
 from modelship_runtime.agreement import cosine, max_abs_error, top1_matches
 from modelship_runtime.serve.mirror import (
     Mirror,
     MirrorConfig,
     MirrorJob,
+    MirrorMetrics,
+    PlanRejected,
     compare,
     decode_output,
     encode_request,
     input_sha256,
 )
 from modelship_runtime.serve.model import TensorInfo
-from modelship_runtime.serve.rest import decode_request
+from modelship_runtime.serve.rest import decode_request, mirror_source
 from modelship_runtime.serve.settings import ServeSettings
 from polling import wait_for
 
 Array = np.ndarray[Any, Any]
-LABELS = {"model": "m", "revision": "stable-1", "canary": "canary-2"}
+LABELS = {"model": "m", "revision": "stable-1", "canary": "canary-2", "source": "live"}
 
 
 def config(**overrides: Any) -> MirrorConfig:
@@ -69,13 +73,17 @@ class Echo:
         return job.stable if self.answer is None else self.answer
 
 
+def new_mirror(cfg: MirrorConfig, registry: CollectorRegistry, *args: Any) -> Mirror:
+    return Mirror(cfg, MirrorMetrics(registry), *args)
+
+
 def feeds(seed: int = 0) -> dict[str, Array]:
     return {"input": np.random.default_rng(seed).normal(size=(2, 64)).astype(np.float32)}
 
 
 def test_sampling_mirrors_the_configured_share_of_requests() -> None:
     for share in (0.0, 0.1, 0.5, 1.0):
-        mirror = Mirror(config(share=share), CollectorRegistry(), Echo(), random.Random(7))
+        mirror = new_mirror(config(share=share), CollectorRegistry(), Echo(), random.Random(7))
         draws = 100_000
         sampled = sum(mirror.sample() for _ in range(draws))
         # binomial: 4 standard deviations of the share over 100k draws is at most 0.0064
@@ -85,7 +93,7 @@ def test_sampling_mirrors_the_configured_share_of_requests() -> None:
 def test_a_full_queue_drops_instead_of_waiting() -> None:
     registry = CollectorRegistry()
     canary = Echo(hold=True)
-    mirror = Mirror(config(queue=4), registry, canary)
+    mirror = new_mirror(config(queue=4), registry, canary)
     mirror.start()
     try:
         mirror.served("first", feeds(), np.ones((2, 10), np.float32))
@@ -108,7 +116,7 @@ def test_the_queue_byte_budget_drops_large_requests() -> None:
     registry = CollectorRegistry()
     canary = Echo(hold=True)
     big = {"input": np.zeros((1024, 64), np.float32)}  # 256 KiB
-    mirror = Mirror(config(max_queue_bytes=300 * 1024), registry, canary)  # not started
+    mirror = new_mirror(config(max_queue_bytes=300 * 1024), registry, canary)  # not started
     mirror.served("a", big, np.zeros((1024, 10), np.float32))
     mirror.served("b", big, np.zeros((1024, 10), np.float32))
     assert count(registry, "dropped") == 1
@@ -124,7 +132,7 @@ def test_canary_failures_are_counted_and_never_raised() -> None:
     def unreachable(job: MirrorJob) -> Array:
         raise ConnectionRefusedError("canary gone")
 
-    mirror = Mirror(config(), registry, unreachable)
+    mirror = new_mirror(config(), registry, unreachable)
     mirror.start()
     try:
         for index in range(3):
@@ -165,7 +173,7 @@ def test_mismatches_are_kept_newest_first_within_bounds() -> None:
     registry = CollectorRegistry()
     stable = np.eye(10, dtype=np.float32)[:2]
     wrong = np.eye(10, dtype=np.float32)[[3, 4]]  # cosine 0, top-1 differs
-    mirror = Mirror(config(examples=3), registry, Echo(answer=wrong))
+    mirror = new_mirror(config(examples=3), registry, Echo(answer=wrong))
     mirror.start()
     try:
         for index in range(10):
@@ -178,12 +186,13 @@ def test_mismatches_are_kept_newest_first_within_bounds() -> None:
     assert examples[-1]["cosine"] == 0.0
     assert examples[-1]["top1_agreement"] == 0.0
     assert examples[-1]["input_sha256"] == input_sha256(feeds(9))
+    assert examples[-1]["source"] == "live"
     assert "inputs" not in examples[-1]
 
 
 def test_inputs_are_kept_only_when_allowed() -> None:
     registry = CollectorRegistry()
-    mirror = Mirror(config(keep_inputs=True), registry, Echo(answer=np.zeros((2, 10))))
+    mirror = new_mirror(config(keep_inputs=True), registry, Echo(answer=np.zeros((2, 10))))
     mirror.start()
     try:
         mirror.served("r", feeds(), np.ones((2, 10), np.float32))
@@ -198,7 +207,7 @@ def test_inputs_are_kept_only_when_allowed() -> None:
 
 def test_a_faithful_canary_is_no_mismatch() -> None:
     registry = CollectorRegistry()
-    mirror = Mirror(config(), registry, Echo())
+    mirror = new_mirror(config(), registry, Echo())
     mirror.start()
     try:
         mirror.served("r", feeds(), np.random.default_rng(1).random((2, 10)))
@@ -253,17 +262,76 @@ def test_answers_decode_from_binary_and_json() -> None:
         decode_output(json_body, None, "q")
 
 
-def test_mirroring_is_off_unless_told_and_picks_the_first_float_output() -> None:
+def test_a_plan_becomes_a_config_comparing_the_first_float_output() -> None:
     outputs = [
         TensorInfo("label", "INT64", (-1,)),
         TensorInfo("probabilities", "FP32", (-1, 10)),
     ]
-    assert MirrorConfig.from_settings(ServeSettings(), outputs) is None
-    told = ServeSettings(mirror_url="http://c:8080/", mirror_share=0.1, mirror_revision="c")
-    chosen = MirrorConfig.from_settings(told, outputs)
-    assert chosen is not None
+    plan = MirrorPlan(stable="s", canary="c", url="http://c:8080/", share=0.1)
+    settings = ServeSettings(model_name="m", mirror_timeout_s=0.5, mirror_examples=3)
+    chosen = MirrorConfig.from_plan(plan, settings, outputs)
     assert (chosen.output, chosen.url, chosen.queue, chosen.keep_inputs) == (
         "probabilities", "http://c:8080", 64, False,
     )  # fmt: skip
-    wrong = told.model_copy(update={"mirror_output": "label"})
-    assert MirrorConfig.from_settings(wrong, outputs) is None  # logged; the pod keeps serving
+    assert (chosen.model_name, chosen.revision, chosen.canary) == ("m", "s", "c")
+    assert (chosen.timeout_s, chosen.examples, chosen.replay_interval_s) == (0.5, 3, None)
+    wrong = plan.model_copy(update={"output": "label"})
+    with pytest.raises(PlanRejected, match=r"'label' is not a float output.*\['probabilities'\]"):
+        MirrorConfig.from_plan(wrong, settings, outputs)
+
+
+def test_metric_families_are_registered_once_and_each_pair_gets_its_series() -> None:
+    """A pod follows a new pair each time the plan changes, on the same registry."""
+    registry = CollectorRegistry()
+    metrics = MirrorMetrics(registry)
+    first = Mirror(config(), metrics, Echo())
+    first.close()
+    second = Mirror(config(canary="canary-3", replay_interval_s=5.0), metrics, Echo())
+    second.start()
+    try:
+        second.served("r", feeds(), np.ones((2, 10), np.float32))
+        wait_for(
+            lambda: registry.get_sample_value(
+                "modelship_mirror_requests_total",
+                {**LABELS, "canary": "canary-3", "outcome": "compared"},
+            ),
+            "the new pair's comparison",
+        )
+    finally:
+        second.close()
+    assert count(registry, "compared") == 0  # the first pair's series stay, unchanged
+    replay = {**LABELS, "canary": "canary-3", "source": "replay", "outcome": "compared"}
+    assert registry.get_sample_value("modelship_mirror_requests_total", replay) == 0
+    no_replay = {**LABELS, "source": "replay", "outcome": "compared"}
+    assert registry.get_sample_value("modelship_mirror_requests_total", no_replay) is None
+
+
+def test_nothing_is_recorded_for_a_closed_mirror() -> None:
+    """A request in flight when the plan changes must not add to the old pair's figures."""
+    registry = CollectorRegistry()
+    canary = Echo(hold=True)
+    mirror = new_mirror(config(), registry, canary)
+    mirror.start()
+    mirror.served("r", feeds(), np.ones((2, 10), np.float32))
+    wait_for(lambda: canary.calls == 1, "the request to be in flight")
+    mirror.close()
+    canary.release.set()
+    mirror.compare_with_canary(MirrorJob("after", feeds(), np.ones((2, 10)), 0))
+    mirror.failed("live", "after close")
+    assert mirror.status()["requests"] == {"compared": 0, "dropped": 0, "failed": 0}
+
+
+@pytest.mark.parametrize(
+    ("headers", "source"),
+    [
+        ([(b"content-type", b"application/json")], None),
+        ([(b"modelship-mirror", b"live")], "live"),
+        ([(b"modelship-mirror", b" Replay ")], "replay"),
+        ([(b"modelship-mirror", b"anything")], "live"),
+        ([(b"modelship-mirror", b"")], "live"),
+    ],
+)
+def test_a_mirrored_request_is_recognised_by_its_header(
+    headers: list[tuple[bytes, bytes]], source: str | None
+) -> None:
+    assert mirror_source(headers) == source

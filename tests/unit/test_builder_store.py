@@ -9,6 +9,7 @@ import pytest
 from builder_helpers import manifest_for as shared_manifest_for
 from builder_helpers import run_all_at_once
 from modelship.api.artifact import ArtifactStore, Manifest
+from modelship.api.serving import REPLAY_FILE
 from modelship_runtime.io_settings import IOSettings
 from modelship_runtime.store import (
     DirectoryStore,
@@ -77,6 +78,23 @@ def test_download_refuses_bytes_that_do_not_match(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"do not match manifest\.model_sha256"):
         store.download(DIGEST, tmp_path / "dest")
     assert not (tmp_path / "dest" / "model.onnx").exists()
+
+
+def test_the_golden_set_travels_with_the_artifact_and_may_be_missing(tmp_path: Path) -> None:
+    """Artifacts built before golden sets have none: they download (and serve) as before, and
+    no golden set of another artifact is left behind in the folder."""
+    store = DirectoryStore(tmp_path / "store")
+    model = _model(tmp_path, b"model-bytes")
+    golden = _model(tmp_path, b"golden-bytes", REPLAY_FILE)
+    store.publish(DIGEST, model, manifest_for(model), golden)
+    assert (tmp_path / "store" / ("ab" * 32) / REPLAY_FILE).read_bytes() == b"golden-bytes"
+    dest = tmp_path / "dest"
+    store.download(DIGEST, dest)
+    assert (dest / REPLAY_FILE).read_bytes() == b"golden-bytes"
+    older = "sha256:" + "cd" * 32
+    store.publish(older, model, shared_manifest_for(model, older))
+    store.download(older, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["manifest.json", "model.onnx"]
 
 
 def test_download_of_missing_artifact_says_so(tmp_path: Path) -> None:

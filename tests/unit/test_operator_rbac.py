@@ -53,14 +53,16 @@ def test_nothing_cluster_scoped_is_granted() -> None:
     assert not resources & {"customresourcedefinitions", "namespaces", "nodes", "clusterroles"}
 
 
-def test_configmap_writes_are_limited_to_the_index_where_kubernetes_allows() -> None:
+def test_configmap_writes_are_limited_to_the_index_and_mirror_plans_where_kubernetes_allows() -> (
+    None
+):
     rules = [r for r in rbac.RULES if "configmaps" in r["resources"]]
     by_name = [r for r in rules if r.get("resourceNames")]
     assert by_name == [
         {
             "apiGroups": [""],
             "resources": ["configmaps"],
-            "resourceNames": ["modelship-artifacts"],
+            "resourceNames": ["modelship-artifacts", "modelship-mirror"],
             "verbs": ["get", "patch"],
         }
     ]

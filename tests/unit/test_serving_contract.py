@@ -237,9 +237,12 @@ def test_contract_fields_render_as_the_variables_pydantic_settings_reads(
     )
     monkeypatch.setattr("os.environ", {e["name"]: e["value"] for e in config.to_env()})
     loaded = ServeSettings()
-    assert serving.ServingConfig.model_validate(
-        loaded.model_dump(include=set(serving.ServingConfig.model_fields))
-    ) == config
+    assert (
+        serving.ServingConfig.model_validate(
+            loaded.model_dump(include=set(serving.ServingConfig.model_fields))
+        )
+        == config
+    )
 
 
 def test_the_server_is_told_the_model_sha256_the_operator_recorded(
@@ -251,18 +254,37 @@ def test_the_server_is_told_the_model_sha256_the_operator_recorded(
     assert settings.model_sha256 == "6" * 64
 
 
-def test_mirroring_fields_render_only_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert not [e for e in serving.ServingConfig().to_env() if "MIRROR" in e["name"]]
-    config = serving.ServingConfig(
-        mirror_url="http://m-canary:8080",
-        mirror_share=0.1,
-        mirror_revision="r-2",
-        mirror_output="probabilities",
-        mirror_queue=16,
-        mirror_keep_inputs=True,
-    )
-    monkeypatch.setattr("os.environ", {e["name"]: e["value"] for e in config.to_env()})
-    loaded = ServeSettings()
-    assert serving.ServingConfig.model_validate(
-        loaded.model_dump(include=set(serving.ServingConfig.model_fields))
-    ) == config
+def test_every_serving_pod_reads_the_mirror_plan_from_its_optional_configmap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pod = deployment(spec(), PVC_ARTIFACT, Settings())["spec"]["template"]["spec"]
+    settings = load_serve_settings(pod["containers"][0], monkeypatch)
+    assert settings.mirror_file == serving.MIRROR_DIR / serving.MIRROR_KEY
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "mirror")
+    assert mount == {"name": "mirror", "mountPath": str(serving.MIRROR_DIR), "readOnly": True}
+    volume = next(v for v in pod["volumes"] if v["name"] == "mirror")
+    # Optional: a pod starts before the operator wrote its key; a ConfigMap volume (not env)
+    # so the kubelet updates the file in running pods and mirroring needs no restart.
+    assert volume["configMap"] == {
+        "name": "modelship-mirror",
+        "items": [{"key": f"{OWNER.name}.json", "path": serving.MIRROR_KEY}],
+        "optional": True,
+    }
+
+
+def test_the_mirror_entry_is_a_plan_the_runtime_reads_back() -> None:
+    from modelship.domain.release import Mirroring
+
+    s = ModelDeploymentSpec.model_validate(
+        {"model": {"uri": "s3://b/m.onnx"},
+         "rollout": {"analysis": {"agreement": {"keepInputs": True}, "replay": {},
+                                  "compareOutput": "logits"}}}
+    )  # fmt: skip
+    entry = desired.mirror_entry(s, OWNER, Mirroring("aaaa", "bbbb", 0.25, 30.0, 16))
+    assert entry is not None
+    plan = serving.MirrorPlan.model_validate_json(entry)
+    assert plan == serving.MirrorPlan(
+        stable="aaaa", canary="bbbb", url="http://sentiment-canary.ml.svc:8080", share=0.25,
+        output="logits", keep_inputs=True, replay_interval_s=30.0, replay_samples=16,
+    )  # fmt: skip
+    assert desired.mirror_entry(s, OWNER, None) is None, "the key is removed"

@@ -125,44 +125,81 @@ class ServingConfig(ArtifactRef):
         "operator derives it from the pod's terminationGracePeriodSeconds minus its preStop "
         "pause, less a margin, so the kubelet never kills a draining server.",
     )
-    # Mirroring to a canary. Unset (None) is "not told" and is not rendered, so pods of a
-    # revision that mirrors nothing keep the pod template they had before these fields existed.
-    mirror_url: str | None = Field(
+    mirror_file: Path | None = Field(
         default=None,
-        max_length=2048,
-        pattern=r"^(https?://\S+)?$",
-        description="REST base URL of the canary Service (http://<name>-canary:8080): after "
-        "answering a client, the pod sends a sampled share of the requests it served to it and "
-        "compares the answers. Unset or empty: no mirroring.",
+        description="Where the operator's mirroring plan (MirrorPlan as JSON) appears and "
+        "changes while the pod runs (a ConfigMap volume): the server re-reads it, so "
+        "mirroring starts and stops without restarting a pod. Unset: this pod never mirrors.",
     )
-    mirror_share: float | None = Field(
-        default=None,
+
+
+MIRROR_DIR = Path("/etc/modelship/mirror")
+"""Where serving pods mount the ModelDeployment's mirror ConfigMap (optional: may be absent)."""
+MIRROR_KEY = "mirror.json"
+"""The ConfigMap key, and the file name under MIRROR_DIR, holding the MirrorPlan."""
+MIRROR_HEADER = "modelship-mirror"
+"""Request header a mirroring pod sets (value ``live`` or ``replay``): the canary counts such
+requests apart from its clients' (``modelship_mirror_served_total``), so its request metrics,
+and the analysis that reads them, see clients only."""
+REPLAY_FILE = "golden.npz"
+"""The artifact's golden set (the samples the build calibrated and validated with, one array
+per input name): what a mirroring pod replays to the canary."""
+
+
+class MirrorPlan(BaseModel):
+    """What the stable revision's pods are told to mirror to the canary, as a JSON file (the
+    ``mirror.json`` key of ConfigMap ``<name>-mirror``). Pods of any other revision ignore it;
+    an empty or missing file means no mirroring. Every figure it causes is labelled with the
+    revision pair, so a plan for a new canary never mixes with the previous one's."""
+
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+
+    stable: str = Field(
+        min_length=1, max_length=63, description="The revision whose pods mirror (the stable)."
+    )
+    canary: str = Field(
+        min_length=1,
+        max_length=63,
+        description="The revision receiving mirrored requests: the 'canary' label of the "
+        "mirroring metrics.",
+    )
+    url: str = Field(
+        max_length=2048,
+        pattern=r"^https?://\S+$",
+        description="REST base URL of the canary Service (http://<name>-canary:8080).",
+    )
+    share: float = Field(
+        default=0.0,
         ge=0,
         le=1,
-        description="Share of served requests mirrored (0-1, sampled per request); unset: 0.",
+        description="Share of served client requests mirrored (0-1, sampled per request).",
     )
-    mirror_revision: str | None = Field(
-        default=None,
-        max_length=63,
-        description="The canary's revision: the 'canary' label of the mirroring metrics.",
-    )
-    mirror_output: str | None = Field(
+    output: str | None = Field(
         default=None,
         max_length=256,
-        description="Output tensor compared between stable and canary; unset: the model's "
-        "first float output.",
+        description="Output tensor compared; unset: the model's first float output.",
     )
-    mirror_queue: int | None = Field(
-        default=None,
+    queue: int = Field(
+        default=64,
         ge=1,
         le=4096,
         description="Requests waiting to be mirrored at most; beyond it they are dropped (and "
-        "counted), never waited for. Unset: 64.",
+        "counted), never waited for.",
     )
-    mirror_keep_inputs: bool | None = Field(
+    keep_inputs: bool = Field(
+        default=False,
+        description="Keep the inputs of mismatching examples (GET /v2/mirror); false: only "
+        "their sha256.",
+    )
+    replay_interval_s: float | None = Field(
         default=None,
-        description="Keep the inputs of mismatching examples (GET /v2/mirror); unset or false: "
-        "only their sha256.",
+        gt=0,
+        le=3600,
+        description="Every this many seconds, send the artifact's golden set (REPLAY_FILE) to "
+        "the canary and compare, as source=replay; unset: no replay.",
+    )
+    replay_samples: int = Field(
+        default=32, ge=1, le=1024, description="Golden samples sent per replay round at most."
     )
 
 

@@ -530,16 +530,130 @@ class InconclusiveAction(StrEnum):
 
 
 class CanaryStep(APIModel):
-    """One canary step: shift traffic, analyse, then go on after the pause."""
+    """One canary step: shift traffic (and/or mirror it), analyse, then go on after the pause."""
 
     weight: int = Field(
-        ge=1, le=100, description="Percent of traffic for the canary (1-100), e.g. 10."
+        ge=0,
+        le=100,
+        description="Percent of traffic for the canary (0-100), e.g. 10. 0 is a shadow step: "
+        "no client is served by the canary, which only receives mirrored requests (set "
+        "mirror).",
+    )
+    mirror: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Percent of the stable's client requests also sent to the canary, whose "
+        "answers are compared with the stable's and thrown away (never returned to a client), "
+        "e.g. 20. Empty: analysis.agreement.mirror when agreement is checked, else none.",
     )
     pause: Duration | None = Field(
         default=None,
         description="How long to hold this weight while analysis runs (e.g. 60s, 5m); "
         "empty holds until promoted (kubectl modelship promote, or the modelship.io/promote "
         "annotation).",
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.weight > 0 || has(self.mirror)",
+            message="a step of weight 0 serves no client: it is a shadow step and needs mirror "
+            "(the percent of requests the canary receives as copies), e.g. {weight: 0, mirror: "
+            "50, pause: 2m}",
+            check=lambda m: m.weight > 0 or m.mirror is not None,
+        ),
+    )
+
+
+DEFAULT_MIRROR_PERCENT = 10
+
+
+class AgreementCheck(APIModel):
+    """Compare the canary's answers with the stable's on mirrored live requests."""
+
+    metric: AccuracyMetric = Field(
+        default=AccuracyMetric.COSINE,
+        description="cosine: mean cosine similarity of the compared output; top1: share of "
+        "rows whose arg-max agrees (the builder's accuracy-gate metrics).",
+    )
+    min: float = Field(
+        default=0.99, ge=0, le=1, description="Lowest passing value of the metric (0-1)."
+    )
+    min_samples: int = Field(
+        default=50,
+        ge=1,
+        le=1_000_000,
+        description="Compared requests needed for a verdict; fewer is Inconclusive (they add "
+        "up over inconclusive intervals).",
+    )
+    mirror: int = Field(
+        default=DEFAULT_MIRROR_PERCENT,
+        ge=1,
+        le=100,
+        description="Percent of the stable's requests mirrored at steps that do not set their "
+        "own mirror, e.g. 10.",
+    )
+    keep_inputs: bool = Field(
+        default=False,
+        description="Keep the inputs of mismatching examples in the stable pods (GET "
+        "/v2/mirror); false (default): only their sha256.",
+    )
+
+
+class ComparedSource(StrEnum):
+    """Which compared requests a check reads."""
+
+    LIVE = "live"
+    REPLAY = "replay"
+
+
+class OutputDriftCheck(APIModel):
+    """The distribution of the compared output on the canary against the stable's on the same
+    requests: the population stability index (PSI) the runtime computes for inputs, here
+    between revisions. It can see a shift that per-request agreement averages away."""
+
+    max: float = Field(
+        default=0.25,
+        gt=0,
+        le=10,
+        description="Highest passing PSI (0: the same distribution; above 0.25 is usually "
+        "called a major shift), e.g. 0.1.",
+    )
+    source: ComparedSource = Field(
+        default=ComparedSource.LIVE,
+        description="live: mirrored client requests (needs agreement or a step's mirror); "
+        "replay: the golden set (needs replay).",
+    )
+    min_values: int = Field(
+        default=1000,
+        ge=100,
+        le=50_000,
+        description="Output values per revision the PSI must rest on; fewer is Inconclusive.",
+    )
+
+
+class ReplayCheck(APIModel):
+    """Every analysis interval the stable pods send the stable artifact's golden set (the
+    samples its build calibrated and validated with) to the canary and compare the answers:
+    evidence when live traffic is too thin."""
+
+    metric: AccuracyMetric = Field(
+        default=AccuracyMetric.COSINE, description="cosine or top1, as for agreement."
+    )
+    min: float = Field(
+        default=0.99, ge=0, le=1, description="Lowest passing value of the metric (0-1)."
+    )
+    samples: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Golden samples each stable pod replays per interval at most.",
+    )
+    min_samples: int = Field(
+        default=16,
+        ge=1,
+        le=1_000_000,
+        description="Compared replays needed for a verdict; fewer is Inconclusive.",
     )
 
 
@@ -617,6 +731,47 @@ class AnalysisSpec(APIModel):
         "analysis when its value leaves min..max; e.g. [{name: accuracy, query: ..., min: 0.9}].",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    agreement: AgreementCheck | None = Field(
+        default=None,
+        description="Output-aware check on mirrored live traffic: the canary's answers must "
+        "agree with the stable's, e.g. {metric: cosine, min: 0.99}. Turns on mirroring at "
+        "every step.",
+    )
+    replay: ReplayCheck | None = Field(
+        default=None,
+        description="Output-aware check on the stable's golden set, replayed to the canary "
+        "every interval, e.g. {min: 0.99}.",
+    )
+    output_drift: OutputDriftCheck | None = Field(
+        default=None,
+        description="Output-aware check: the compared output's distribution on the canary "
+        "against the stable's (PSI), e.g. {max: 0.1}.",
+    )
+    compare_output: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Output tensor that agreement and replay compare; empty: the model's first "
+        "float output.",
+    )
+
+    @property
+    def live_mirror_percent(self) -> int | None:
+        """The percent mirrored at steps without their own mirror: what agreement (or a live
+        outputDrift) needs; None when no check reads mirrored requests."""
+        if self.agreement is not None:
+            return self.agreement.mirror
+        if self.output_drift is not None and self.output_drift.source is ComparedSource.LIVE:
+            return DEFAULT_MIRROR_PERCENT
+        return None
+
+    @property
+    def replays(self) -> ReplayCheck | None:
+        """The replay settings when a check reads replayed requests."""
+        if self.replay is not None:
+            return self.replay
+        if self.output_drift is not None and self.output_drift.source is ComparedSource.REPLAY:
+            return ReplayCheck()
+        return None
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -861,13 +1016,18 @@ class CheckResult(APIModel):
 
     name: str = Field(
         description="successRate, p99LatencyMs, p99LatencyRatio, errorRateIncrease, requests "
-        "(the canary's request count, when it could not be read), or the name of one of "
+        "(the canary's request count, when it could not be read), agreement (mirrored live "
+        "requests), replay (the golden set), outputDrift, or the name of one of "
         "analysis.metrics."
     )
     verdict: AnalysisVerdict = Field(description="Pass, Fail or Inconclusive.")
     value: float | None = Field(default=None, description="Measured value (empty: no data).")
     threshold: float = Field(description="The limit it is checked against.")
-    samples: int = Field(default=0, ge=0, description="Requests the value is computed from.")
+    samples: int = Field(
+        default=0,
+        ge=0,
+        description="Requests the value is computed from (agreement, replay: compared ones).",
+    )
     message: str = Field(default="", description="The check in words, e.g. p99 412 ms > 250 ms.")
 
 
@@ -890,6 +1050,25 @@ class AnalysisResult(APIModel):
         ge=0,
         description="Metric queries that failed (source: prometheus): such an interval is "
         "Inconclusive and never counts towards onInconclusive: promote.",
+    )
+
+
+MAX_MISMATCHES = 5
+
+
+class MismatchExample(APIModel):
+    """One request whose canary answer disagreed with the stable's."""
+
+    id: str = Field(max_length=256, description="The request id (the client's, or generated).")
+    source: str = Field(description="live (a mirrored client request) or replay (golden set).")
+    pod: str = Field(default="", description="The stable pod that compared it.")
+    cosine: float = Field(description="Cosine similarity of the canary's output to the stable's.")
+    max_abs_error: float = Field(description="Largest absolute difference of the outputs.")
+    top1_agreement: float | None = Field(
+        default=None, description="Share of rows whose arg-max agrees (empty: no class axis)."
+    )
+    input_sha256: str = Field(
+        default="", description="sha256 of the inputs (the inputs themselves are not kept)."
     )
 
 
@@ -950,6 +1129,12 @@ class CanaryStatus(APIModel):
         "retry) already acted on; an annotation acts once per value.",
     )
     last_analysis: AnalysisResult | None = Field(default=None, description="The latest analysis.")
+    mismatches: list[MismatchExample] = Field(
+        default_factory=list,
+        max_length=MAX_MISMATCHES,
+        description="The newest requests on which the canary's answer disagreed with the "
+        "stable's (mirrored or replayed), as the stable pods keep them (GET /v2/mirror).",
+    )
 
 
 class Endpoints(APIModel):

@@ -7,31 +7,52 @@ exports ``modelship_requests_total{model,revision,protocol,code}`` and the histo
 ``modelship_request_duration_seconds{model,revision,protocol}`` (see
 modelship_runtime.serve.metrics); a pod's own series are summed over every label but ``le``.
 Both sources end in :func:`judge`, which holds every threshold.
+
+Output-aware checks read what the stable's pods say about the canary's answers (they mirror
+requests to it and replay their golden set; modelship_runtime.serve.mirror):
+``modelship_mirror_requests_total{canary,source,outcome}``, the ``modelship_mirror_cosine``
+histogram's sum and count and ``modelship_mirror_top1_{agreements,rows}_total``, each by the
+canary's revision and the source (live or replay).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample as PrometheusSample
+from pydantic import ValidationError
 
 from modelship.api.v1alpha1 import (
+    AccuracyMetric,
+    AgreementCheck,
     AnalysisMetric,
     AnalysisResult,
     AnalysisSpec,
     AnalysisVerdict,
     CheckResult,
+    MismatchExample,
+    OutputDriftCheck,
+    ReplayCheck,
 )
 from modelship.domain import promql
 from modelship.domain.promql import Answer, Query
 
 REQUESTS_SAMPLE = "modelship_requests_total"
 DURATION_BUCKET_SAMPLE = "modelship_request_duration_seconds_bucket"
+MIRROR_REQUESTS_SAMPLE = "modelship_mirror_requests_total"
+MIRROR_COSINE_SUM_SAMPLE = "modelship_mirror_cosine_sum"
+MIRROR_TOP1_AGREEMENTS_SAMPLE = "modelship_mirror_top1_agreements_total"
+MIRROR_TOP1_ROWS_SAMPLE = "modelship_mirror_top1_rows_total"
+OUTPUT_PSI_SAMPLE = "modelship_mirror_output_psi"
+OUTPUT_VALUES_SAMPLE = "modelship_mirror_output_values"
+LIVE, REPLAY = "live", "replay"
+"""The sources of compared requests: mirrored client requests, and the replayed golden set."""
 
 Buckets = tuple[tuple[float, float], ...]
 """Cumulative histogram buckets: (upper bound ``le`` in seconds, count), ascending bounds."""
@@ -54,6 +75,51 @@ def _aligned(a: Buckets, b: Buckets) -> list[tuple[float, float, float]]:
 
 
 @dataclass(frozen=True)
+class Agreements:
+    """What the stable's pods compared of the canary's answers (cumulative, or an interval's)."""
+
+    compared: float = 0.0
+    failed: float = 0.0
+    """Mirrored requests the canary did not answer comparably (error, timeout, bad reply)."""
+    cosine_sum: float = 0.0
+    top1_agreements: float = 0.0
+    top1_rows: float = 0.0
+
+    def __add__(self, other: Agreements) -> Agreements:
+        return Agreements(*(a + b for a, b in zip(self._values(), other._values(), strict=True)))
+
+    def __sub__(self, other: Agreements) -> Agreements:
+        return Agreements(*(a - b for a, b in zip(self._values(), other._values(), strict=True)))
+
+    def _values(self) -> tuple[float, ...]:
+        return (self.compared, self.failed, self.cosine_sum, self.top1_agreements, self.top1_rows)
+
+    @property
+    def reset(self) -> bool:
+        """A counter went down: the pod restarted."""
+        return any(v < 0 for v in self._values())
+
+    def value(self, metric: AccuracyMetric) -> float | None:
+        """Mean cosine, or the top-1 agreement; None without samples."""
+        if metric is AccuracyMetric.TOP1:
+            return self.top1_agreements / self.top1_rows if self.top1_rows > 0 else None
+        return self.cosine_sum / self.compared if self.compared > 0 else None
+
+
+MirrorKey = tuple[str, str]
+"""(canary revision, source)."""
+
+
+def _add_mirrors(
+    a: Mapping[MirrorKey, Agreements], b: Mapping[MirrorKey, Agreements]
+) -> dict[MirrorKey, Agreements]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = out.get(key, Agreements()) + value
+    return out
+
+
+@dataclass(frozen=True)
 class PodSnapshot:
     """Cumulative values of one scrape of one pod, summed over every model and protocol."""
 
@@ -61,22 +127,40 @@ class PodSnapshot:
     errors: float = 0.0
     """Requests answered with a code >= 500."""
     buckets: Buckets = ()
+    mirrors: Mapping[MirrorKey, Agreements] = field(default_factory=dict)
+    drift: Mapping[MirrorKey, Drift] = field(default_factory=dict)
+    """Gauges, read as they are now (not as deltas)."""
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A stable pod's output-drift gauges for one canary and source."""
+
+    psi: float
+    values: float
+    """Output values per revision the PSI rests on."""
 
 
 @dataclass(frozen=True)
 class Sample:
-    """What happened in an interval: request and error counts, latency bucket increases."""
+    """What happened in an interval: request and error counts, latency bucket increases, and
+    (stable pods) what they compared of a canary's answers."""
 
     requests: float = 0.0
     errors: float = 0.0
     buckets: Buckets = ()
+    mirrors: Mapping[MirrorKey, Agreements] = field(default_factory=dict)
 
     def __add__(self, other: Sample) -> Sample:
         return Sample(
             self.requests + other.requests,
             self.errors + other.errors,
             tuple((le, a + b) for le, a, b in _aligned(self.buckets, other.buckets)),
+            _add_mirrors(self.mirrors, other.mirrors),
         )
+
+    def agreements(self, canary: str, source: str) -> Agreements:
+        return self.mirrors.get((canary, source), Agreements())
 
     @property
     def success_rate(self) -> float | None:
@@ -176,8 +260,17 @@ def parse_metrics(text: str) -> PodSnapshot:
         raise ValueError(f"malformed /metrics text: {error or 'unparsable line'}") from None
     requests = errors = 0.0
     series: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+    mirrors: dict[MirrorKey, dict[str, float]] = {}
+    gauges: dict[MirrorKey, dict[str, float]] = {}
     for sample in samples:
-        if sample.name == REQUESTS_SAMPLE:
+        if sample.name in _MIRROR_FIELDS:
+            _add_mirror_sample(mirrors, sample)
+        elif sample.name in (OUTPUT_PSI_SAMPLE, OUTPUT_VALUES_SAMPLE):
+            pair = (sample.labels.get("canary", ""), sample.labels.get("source", LIVE))
+            value = float(sample.value)
+            if math.isfinite(value) and value >= 0:
+                gauges.setdefault(pair, {})[sample.name] = value
+        elif sample.name == REQUESTS_SAMPLE:
             value = _count(sample)
             requests += value
             if _code(sample) >= 500:
@@ -191,7 +284,34 @@ def parse_metrics(text: str) -> PodSnapshot:
             labels = ",".join(f'{k}="{v}"' for k, v in key)
             raise ValueError(f"{DURATION_BUCKET_SAMPLE}{{{labels}}} has no +Inf bucket")
         total += Sample(buckets=tuple(sorted(buckets.items())))
-    return PodSnapshot(requests, errors, total.buckets)
+    agreements = {key: Agreements(**values) for key, values in mirrors.items()}
+    drift = {
+        key: Drift(g[OUTPUT_PSI_SAMPLE], g.get(OUTPUT_VALUES_SAMPLE, 0.0))
+        for key, g in gauges.items()
+        if OUTPUT_PSI_SAMPLE in g
+    }
+    return PodSnapshot(requests, errors, total.buckets, agreements, drift)
+
+
+_MIRROR_FIELDS = {
+    MIRROR_REQUESTS_SAMPLE: "",
+    MIRROR_COSINE_SUM_SAMPLE: "cosine_sum",
+    MIRROR_TOP1_AGREEMENTS_SAMPLE: "top1_agreements",
+    MIRROR_TOP1_ROWS_SAMPLE: "top1_rows",
+}
+
+
+def _add_mirror_sample(
+    mirrors: dict[MirrorKey, dict[str, float]], sample: PrometheusSample
+) -> None:
+    key = (sample.labels.get("canary", ""), sample.labels.get("source", LIVE))
+    name = _MIRROR_FIELDS[sample.name]
+    if not name:
+        name = sample.labels.get("outcome", "")
+        if name not in ("compared", "failed"):
+            return  # dropped: the stable's own queue was full, nothing about the canary
+    values = mirrors.setdefault(key, {})
+    values[name] = values.get(name, 0.0) + _count(sample)
 
 
 def delta(previous: PodSnapshot | None, current: PodSnapshot) -> Sample:
@@ -203,17 +323,22 @@ def delta(previous: PodSnapshot | None, current: PodSnapshot) -> Sample:
     """
     if previous is None:
         return Sample()
+    mirrors = {
+        key: now - previous.mirrors.get(key, Agreements()) for key, now in current.mirrors.items()
+    }
     buckets = _aligned(current.buckets, previous.buckets)
     if (
         current.requests < previous.requests
         or current.errors < previous.errors
         or any(now < before for _, now, before in buckets)
+        or any(m.reset for m in mirrors.values())
     ):
-        return Sample(current.requests, current.errors, current.buckets)
+        return Sample(current.requests, current.errors, current.buckets, current.mirrors)
     return Sample(
         current.requests - previous.requests,
         current.errors - previous.errors,
         tuple((le, now - before) for le, now, before in buckets),
+        mirrors,
     )
 
 
@@ -223,11 +348,13 @@ class Accumulator:
     def __init__(self) -> None:
         self._snapshots: dict[str, PodSnapshot] = {}
         self._samples: dict[str, Sample] = {}
+        self._revisions: dict[str, str] = {}
 
     def observe(self, revision: str, pod: str, snapshot: PodSnapshot) -> bool:
         """Add what the pod did since its last snapshot; False when this was only its baseline."""
         previous = self._snapshots.get(pod)
         self._snapshots[pod] = snapshot
+        self._revisions[pod] = revision
         if previous is None:
             return False
         self._samples[revision] = self.sample(revision) + delta(previous, snapshot)
@@ -237,6 +364,20 @@ class Accumulator:
         """Drop the snapshots of pods not in ``pods``: were one to return, it needs a baseline."""
         for pod in self._snapshots.keys() - pods:
             del self._snapshots[pod]
+            self._revisions.pop(pod, None)
+
+    def drift(self, revision: str, canary: str, source: str) -> Drift | None:
+        """The output drift of ``canary`` the pods of ``revision`` report now: the largest PSI
+        any of them sees, resting on the fewest values any of them holds (a verdict waits until
+        every pod has enough; the Prometheus source asks the same)."""
+        found = [
+            snapshot.drift[(canary, source)]
+            for pod, snapshot in self._snapshots.items()
+            if self._revisions.get(pod) == revision and (canary, source) in snapshot.drift
+        ]
+        if not found:
+            return None
+        return Drift(max(d.psi for d in found), min(d.values for d in found))
 
     def sample(self, revision: str) -> Sample:
         return self._samples.get(revision, Sample())
@@ -414,6 +555,93 @@ def _metric_check(
     return _check(name, value, threshold, False, requests, f"{name} {value:.4g} {_range(metric)}")
 
 
+_OUTPUT_WHAT = {LIVE: "mirrored", REPLAY: "replayed"}
+
+
+def _output_check(
+    name: str,
+    check: AgreementCheck | ReplayCheck,
+    seen: Agreements,
+    analysis: AnalysisSpec,
+    source: str,
+    interval_seconds: float,
+) -> CheckResult:
+    """Agreement of the canary's answers with the stable's on one source of compared requests.
+
+    The canary failing to answer copies (errors, timeouts) fails the check past the share
+    minSuccessRate allows; too few compared requests is Inconclusive."""
+    what = _OUTPUT_WHAT[source]
+    metric = check.metric.value
+    tried = seen.compared + seen.failed
+    failures_allowed = 1 - analysis.min_success_rate
+    if tried >= check.min_samples and seen.failed / tried > failures_allowed:
+        message = (
+            f"{name}: the canary failed {_number(seen.failed)} of {_number(tried)} {what} "
+            f"requests ({seen.failed / tried:.2%} > {failures_allowed:.2%})"
+        )
+        return _check(name, seen.failed / tried, failures_allowed, True, tried, message)
+    value = seen.value(check.metric)
+    if seen.compared < check.min_samples or value is None:
+        message = (
+            f"{name}: {_number(seen.compared)} {what} requests compared < minSamples "
+            f"{_number(check.min_samples)} in {_number(interval_seconds, 1)} s"
+        )
+        return _inconclusive(name, check.min, seen.compared, message)
+    below = value < check.min
+    message = (
+        f"{name}: {metric} {value:.4f} {'<' if below else '>='} {check.min:.4f} on "
+        f"{_number(seen.compared)} {what} requests"
+    )
+    return _check(name, value, check.min, below, seen.compared, message)
+
+
+def _drift_check(check: OutputDriftCheck, drift: Drift | None) -> CheckResult:
+    name, what = "outputDrift", _OUTPUT_WHAT[check.source.value]
+    if drift is None or drift.values < check.min_values:
+        values = 0 if drift is None else drift.values
+        message = (
+            f"{name}: the PSI rests on {_number(values)} output values < minValues "
+            f"{_number(check.min_values)} of {what} requests"
+        )
+        return _inconclusive(name, check.max, values, message)
+    above = drift.psi > check.max
+    message = (
+        f"{name}: PSI {drift.psi:.3f} {'>' if above else '<='} {check.max:.3f} of the canary's "
+        f"output against the stable's on {_number(drift.values)} values of {what} requests"
+    )
+    return _check(name, drift.psi, check.max, above, drift.values, message)
+
+
+def output_checks(
+    analysis: AnalysisSpec,
+    outputs: Mapping[str, Agreements],
+    interval_seconds: float,
+    failed: Mapping[str, str] | None = None,
+    drift: Drift | None = None,
+) -> list[CheckResult]:
+    """The agreement and replay checks the analysis asks for, on what the stable compared;
+    one whose figures could not be read (``failed``) is Inconclusive, saying why."""
+    checks = []
+    for name, check, source in (
+        ("agreement", analysis.agreement, LIVE),
+        ("replay", analysis.replay, REPLAY),
+    ):
+        if check is None:
+            continue
+        if failed and name in failed:
+            checks.append(_inconclusive(name, check.min, 0, failed[name]))
+            continue
+        seen = outputs.get(source, Agreements())
+        checks.append(_output_check(name, check, seen, analysis, source, interval_seconds))
+    if analysis.output_drift is not None:
+        if failed and "outputDrift" in failed:
+            checks.append(_inconclusive("outputDrift", analysis.output_drift.max, 0,
+                                        failed["outputDrift"]))  # fmt: skip
+        else:
+            checks.append(_drift_check(analysis.output_drift, drift))
+    return checks
+
+
 def judge(
     canary: Traffic,
     stable: Traffic,
@@ -422,6 +650,8 @@ def judge(
     interval_seconds: float,
     values: Mapping[str, float | None] | None = None,
     failed: Mapping[str, str] | None = None,
+    outputs: Mapping[str, Agreements] | None = None,
+    drift: Drift | None = None,
 ) -> AnalysisResult:
     """The verdict on the canary's traffic in an interval, beside the stable's in the same one.
 
@@ -431,11 +661,26 @@ def judge(
     ``analysis.metrics`` (None: no data); ``failed`` says, by check name, why a check could not
     be measured (a query that failed): such a check is Inconclusive with that message, so a
     failure to measure never passes.
+
+    ``outputs`` is what the stable's pods compared of this canary's answers, by source (live,
+    replay), and ``drift`` their output-drift gauges for the source outputDrift reads. The
+    output checks are judged even when client traffic is too thin
+    for the others (a shadow step has none): one failing fails the interval, and when every
+    output check passes they alone make it a pass.
     """
     failed = failed or {}
     on = _on(canary.requests, interval_seconds)
     checks: list[CheckResult] = []
-    if "requests" in failed or canary.requests < analysis.min_requests:
+    compared = output_checks(analysis, outputs or {}, interval_seconds, failed, drift)
+    thin = "requests" in failed or canary.requests < analysis.min_requests
+    if thin and compared and all(c.verdict is AnalysisVerdict.PASS for c in compared):
+        checks = compared
+        verdict = AnalysisVerdict.PASS
+        message = (
+            f"judged on outputs alone ({_number(canary.requests)} client requests < minRequests "
+            f"{_number(analysis.min_requests)}): " + "; ".join(c.message for c in compared)
+        )
+    elif thin:
         verdict = AnalysisVerdict.INCONCLUSIVE
         message = failed.get("requests") or (
             f"{_number(canary.requests)} requests < minRequests {_number(analysis.min_requests)} "
@@ -443,8 +688,14 @@ def judge(
         )
         if "requests" in failed:
             checks = [_inconclusive("requests", analysis.min_requests, 0, message)]
-        # Nothing is judged, but a query that failed is said all the same.
-        message = "; ".join(dict.fromkeys([message, *failed.values()]))
+        checks += compared
+        fails = [c.message for c in compared if c.verdict is AnalysisVerdict.FAIL]
+        if fails:  # a wrong answer is wrong however little traffic there is
+            verdict, message = AnalysisVerdict.FAIL, "; ".join(fails)
+        else:
+            # Nothing is judged, but a query that failed is said all the same.
+            outputs_said = [c.message for c in compared]
+            message = "; ".join(dict.fromkeys([message, *outputs_said, *failed.values()]))
     else:
         checks = _absolute_checks(canary, analysis, on, failed)
         checks += _relative_checks(canary, stable, analysis, interval_seconds, failed)
@@ -452,6 +703,7 @@ def judge(
             _metric_check(m, (values or {}).get(m.name), failed.get(m.name), canary.requests)
             for m in analysis.metrics or ()
         ]
+        checks += compared
         verdict, message = AnalysisVerdict.PASS, f"all {len(checks)} checks passed {on}"
         for worst in (AnalysisVerdict.FAIL, AnalysisVerdict.INCONCLUSIVE):
             matching = [check.message for check in checks if check.verdict == worst]
@@ -507,6 +759,17 @@ def judge_answers(
         value(promql.STABLE_SUCCESS_RATE),
         ms(value(promql.STABLE_P99)),
     )
+    outputs = {
+        source: Agreements(
+            **{
+                field: value(promql.output_query_name(source, field)) or 0.0
+                for field in ("compared", "failed", *promql.MIRROR_SERIES)
+            }
+        )
+        for source in promql.OUTPUT_SOURCES.values()
+    }
+    psi = value(promql.OUTPUT_PSI)
+    drift = None if psi is None else Drift(psi, value(promql.OUTPUT_VALUES) or 0.0)
     result = judge(
         canary,
         stable,
@@ -515,6 +778,8 @@ def judge_answers(
         interval_seconds,
         values={m.name: value(m.name) for m in analysis.metrics or ()},
         failed={check: "; ".join(messages) for check, messages in failed.items()},
+        outputs=outputs,
+        drift=drift,
     )
     errors = sum(1 for q in queries if answers.get(q.name, Answer(error="x")).error is not None)
     result = result.model_copy(update={"errors": errors})
@@ -523,3 +788,34 @@ def judge_answers(
         note = " (Prometheus has no modelship_requests_total series of the canary in that time)"
         result = result.model_copy(update={"message": result.message + note})
     return result
+
+
+def mismatches(reports: Mapping[str, str], canary: str, limit: int) -> tuple[MismatchExample, ...]:
+    """The newest mismatching examples of ``canary`` in the stable pods' ``GET /v2/mirror``
+    answers (by pod name), newest first. A pod mirroring to another canary, or an answer that
+    does not read, adds nothing (mirroring is advisory there: the metrics decide)."""
+    found: list[tuple[float, MismatchExample]] = []
+    for pod, text in reports.items():
+        try:
+            report = json.loads(text)
+            if report.get("canary") != canary:
+                continue
+            for example in report.get("mismatches") or ():
+                found.append(
+                    (
+                        float(example.get("time") or 0.0),
+                        MismatchExample(
+                            id=str(example["id"])[:256],
+                            source=str(example.get("source") or LIVE),
+                            pod=pod,
+                            cosine=float(example["cosine"]),
+                            max_abs_error=float(example["max_abs_error"]),
+                            top1_agreement=example.get("top1_agreement"),
+                            input_sha256=str(example.get("input_sha256") or ""),
+                        ),
+                    )
+                )
+        except (ValueError, TypeError, KeyError, AttributeError, ValidationError):
+            continue
+    found.sort(key=lambda pair: pair[0], reverse=True)
+    return tuple(example for _, example in found[:limit])

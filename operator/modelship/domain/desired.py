@@ -20,11 +20,14 @@ from modelship.api.quantity import parse_quantity
 from modelship.api.serving import (
     GRPC_PORT,
     METRICS_PORT,
+    MIRROR_DIR,
+    MIRROR_KEY,
     MODEL_DIR,
     PVC_SOURCE_ROOT,
     REST_PORT,
     RUNTIME_UID,
     DownloadConfig,
+    MirrorPlan,
     ServingConfig,
     SourceMounts,
 )
@@ -34,7 +37,7 @@ from modelship.domain import naming
 from modelship.domain.naming import Owner
 from modelship.domain.observation import Artifact
 from modelship.domain.plan import DEFAULT_CPU, DEFAULT_MEMORY, BuildTarget, serving_threads
-from modelship.domain.release import RevisionPlan, ServingPlan
+from modelship.domain.release import Mirroring, RevisionPlan, ServingPlan
 from modelship.domain.settings import PVC_MOUNT_PATH, Settings
 
 PLAN_DIR = "/etc/modelship"
@@ -479,6 +482,7 @@ def serving_config(
         grpc_enabled=spec.serving.grpc,
         max_batch_size=batching.max_batch_size if batching else 0,
         drain_deadline_s=DRAIN_DEADLINE_SECONDS,
+        mirror_file=MIRROR_DIR / MIRROR_KEY,
         **({"max_delay_ms": batching.max_delay_ms} if batching else {}),
     )
 
@@ -524,7 +528,11 @@ def _serving_pod_spec(
         "livenessProbe": _probe("/v2/health/live", 10, 3),
         "readinessProbe": _probe("/v2/health/ready", 5, 2),
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
-        "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            mount,
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "mirror", "mountPath": str(MIRROR_DIR), "readOnly": True},
+        ],
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
@@ -532,7 +540,20 @@ def _serving_pod_spec(
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": _pod_security(),
         "containers": [server],
-        "volumes": [volume, {"name": "tmp", "emptyDir": {}}],
+        "volumes": [
+            volume,
+            {"name": "tmp", "emptyDir": {}},
+            # Changes reach running pods (the kubelet rewrites the files): mirroring starts and
+            # stops without a restart. Optional: a pod never waits for it.
+            {
+                "name": "mirror",
+                "configMap": {
+                    "name": naming.MIRROR_CONFIGMAP,
+                    "items": [{"key": naming.mirror_key(owner.name), "path": MIRROR_KEY}],
+                    "optional": True,
+                },
+            },
+        ],
     }
     if init:
         pod_spec["initContainers"] = init
@@ -627,11 +648,42 @@ def services(spec: ModelDeploymentSpec, owner: Owner, plan: ServingPlan) -> list
     ``<name>-canary`` (the canary's pods during a release, the stable's otherwise)."""
     stable = pod_selector(owner, plan.stable)
     canary = pod_selector(owner, plan.canary) if plan.canary else stable
+    # A shadow step: clients reach the stable's pods only; the canary gets mirrored requests.
+    clients = stable if plan.shadow else naming.selector_labels(owner.name)
     return [
-        service(spec, owner, naming.serving_name(owner.name), naming.selector_labels(owner.name)),
+        service(spec, owner, naming.serving_name(owner.name), clients),
         service(spec, owner, naming.stable_service_name(owner.name), stable),
         service(spec, owner, naming.canary_service_name(owner.name), canary),
     ]
+
+
+def mirror_plan(
+    spec: ModelDeploymentSpec, owner: Owner, mirroring: Mirroring | None
+) -> MirrorPlan | None:
+    """What the stable's pods read from the mirror ConfigMap."""
+    if mirroring is None:
+        return None
+    analysis = spec.rollout.analysis
+    agreement = analysis.agreement
+    return MirrorPlan(
+        stable=mirroring.stable,
+        canary=mirroring.canary,
+        url=f"http://{naming.canary_service_name(owner.name)}.{owner.namespace}.svc:{REST_PORT}",
+        share=mirroring.share,
+        output=analysis.compare_output,
+        keep_inputs=agreement.keep_inputs if agreement else False,
+        replay_interval_s=mirroring.replay_interval_s,
+        replay_samples=mirroring.replay_samples,
+    )
+
+
+def mirror_entry(
+    spec: ModelDeploymentSpec, owner: Owner, mirroring: Mirroring | None
+) -> str | None:
+    """The ModelDeployment's key of the mirror ConfigMap: the MirrorPlan as JSON, or None (the
+    key removed) while nothing is mirrored."""
+    plan = mirror_plan(spec, owner, mirroring)
+    return None if plan is None else plan.model_dump_json(exclude_none=True)
 
 
 def autoscaler(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]:

@@ -58,6 +58,10 @@ value, so a leftover annotation cannot act on the next release or twice on this 
 REVISION_LENGTH = 10
 
 INDEX_CONFIGMAP = "modelship-artifacts"
+MIRROR_CONFIGMAP = "modelship-mirror"
+"""One per namespace, like the index: key ``<name>.json`` is the MirrorPlan of ModelDeployment
+``<name>`` (absent: nothing mirrored). Fixed names keep the operator's ConfigMap access to two
+names."""
 """Per-namespace record of published artifacts (see docs/operator.md, "Artifact index")."""
 
 COMPONENT_SERVER = "server"
@@ -117,6 +121,11 @@ def stable_service_name(owner_name: str) -> str:
 
 def canary_service_name(owner_name: str) -> str:
     return f"{owner_name}-canary"
+
+
+def mirror_key(owner_name: str) -> str:
+    """The key of MIRROR_CONFIGMAP holding what a ModelDeployment's stable pods mirror."""
+    return f"{owner_name}.json"
 
 
 def revision_selector(owner_name: str, revision: str) -> dict[str, str]:

@@ -15,7 +15,14 @@ from enum import StrEnum
 from typing import Any
 
 from modelship.api.timestamps import seconds_between
-from modelship.api.v1alpha1 import GROUP, KIND, AnalysisResult, CanaryStatus, RevisionStatus
+from modelship.api.v1alpha1 import (
+    GROUP,
+    KIND,
+    AnalysisResult,
+    CanaryStatus,
+    MismatchExample,
+    RevisionStatus,
+)
 from modelship.domain import naming, pod_faults
 from modelship.domain.plan import BuildTarget
 
@@ -221,6 +228,9 @@ class ReleaseObservation:
     """A verdict reached this tick (the reconciler scrapes only when one is due)."""
     route_weight: int | None = None
     """router: gatewayAPI: the canary's weight the live routes carry (the lowest of them)."""
+    mismatches: tuple[MismatchExample, ...] | None = None
+    """The stable pods' newest mismatching examples for this canary, read with a verdict
+    (None: not read this tick)."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,16 @@ from modelship.domain.release import LEGACY_REVISION
 
 REQUESTS = "modelship_requests_total"
 DURATION_BUCKETS = "modelship_request_duration_seconds_bucket"
+MIRROR_REQUESTS = "modelship_mirror_requests_total"
+MIRROR_SERIES = {
+    "cosine_sum": "modelship_mirror_cosine_sum",
+    "top1_agreements": "modelship_mirror_top1_agreements_total",
+    "top1_rows": "modelship_mirror_top1_rows_total",
+}
+OUTPUT_SOURCES = {"agreement": "live", "replay": "replay"}
+OUTPUT_PSI = "output.drift.psi"
+OUTPUT_VALUES = "output.drift.values"
+"""The output-aware checks and the source of compared requests each reads."""
 
 CANARY_REQUESTS = "canary.requests"
 CANARY_SUCCESS_RATE = "canary.successRate"
@@ -141,13 +151,64 @@ def _revision_queries(
     return queries
 
 
+def output_query_name(source: str, field: str) -> str:
+    """``output.<source>.<field>``: one figure of what the stable compared (see Agreements)."""
+    return f"output.{source}.{field}"
+
+
+def _output_queries(
+    analysis: AnalysisSpec, target: Target, values: Mapping[str, str]
+) -> list[Query]:
+    """What the stable's pods compared of the canary's answers, per source the checks read."""
+    window = duration(target.range_seconds)
+    queries = []
+    for check, source in OUTPUT_SOURCES.items():
+        if getattr(analysis, check) is None:
+            continue
+        labels = {
+            "namespace": target.namespace,
+            "model": target.name,
+            "revision": values["stable"],
+            "canary": values["revision"],
+            "source": source,
+        }
+        for outcome in ("compared", "failed"):
+            series = selector(MIRROR_REQUESTS, labels | {"outcome": outcome})
+            queries.append(Query(output_query_name(source, outcome), _increase(series, window),
+                                 (check,)))  # fmt: skip
+        for field, metric in MIRROR_SERIES.items():
+            series = selector(metric, labels)
+            queries.append(Query(output_query_name(source, field), _increase(series, window),
+                                 (check,)))  # fmt: skip
+    drift = analysis.output_drift
+    if drift is not None:
+        labels = {
+            "namespace": target.namespace,
+            "model": target.name,
+            "revision": values["stable"],
+            "canary": values["revision"],
+            "source": drift.source.value,
+        }
+        # Gauges of each stable pod as they are now: the largest drift any of them sees, on the
+        # fewest values any of them holds.
+        queries += [
+            Query(OUTPUT_VALUES, f"min({selector('modelship_mirror_output_values', labels)})",
+                  ("outputDrift",)),
+            Query(OUTPUT_PSI, f"max({selector('modelship_mirror_output_psi', labels)})",
+                  ("outputDrift",)),
+        ]  # fmt: skip
+    return queries
+
+
 def analysis_queries(analysis: AnalysisSpec, target: Target) -> list[Query]:
     """Every query one analysis needs: the canary's request count, success rate and p99, the
-    stable's where a relative check is set, and the user's ``metrics``."""
+    stable's where a relative check is set, what the stable compared for agreement and replay,
+    and the user's ``metrics``."""
     values = target.values()
     queries = _revision_queries("canary", target, values["revision"], analysis)
     if analysis.max_p99_latency_ratio is not None or analysis.max_error_rate_increase is not None:
         queries += _revision_queries("stable", target, values["stable"], analysis)
+    queries += _output_queries(analysis, target, values)
     for metric in analysis.metrics or ():
         queries.append(Query(metric.name, render(metric.query, values), (metric.name,)))
     return queries

@@ -34,6 +34,7 @@ from modelship.api.v1alpha1 import (
     CanaryStatus,
     CanaryStep,
     InconclusiveAction,
+    MismatchExample,
     ModelDeploymentSpec,
     Phase,
     RevisionStatus,
@@ -78,6 +79,22 @@ class ServingPlan:
     route_weight: int = 0
     """router: gatewayAPI: the canary's weight to put on the routes now (0 without a canary,
     and until it has a ready pod)."""
+    mirror: Mirroring | None = None
+    """What the stable's pods mirror to the canary now (None: nothing)."""
+    shadow: bool = False
+    """A step of weight 0: the client Service selects the stable's pods only."""
+
+
+@dataclass(frozen=True)
+class Mirroring:
+    """The stable revision's pods send copies of requests to the canary and compare answers."""
+
+    stable: str
+    canary: str
+    share: float
+    """Of the client requests each stable pod serves (0-1)."""
+    replay_interval_s: float | None = None
+    replay_samples: int = 32
 
 
 @dataclass(frozen=True)
@@ -473,6 +490,11 @@ def _record_verdict(
         return canary
     analysis = tick.spec.rollout.analysis
     update: dict[str, object] = {"last_analysis": result}
+    mismatches = tick.obs.mismatches
+    if mismatches is not None:
+        update["mismatches"] = list(mismatches)
+    else:
+        mismatches = tuple(canary.mismatches)
     if result.verdict is AnalysisVerdict.PASS:
         update |= {"successful_intervals": canary.successful_intervals + 1}
         update |= {"inconclusive_intervals": 0}
@@ -484,7 +506,7 @@ def _record_verdict(
                 "Warning",
                 "AnalysisFailed",
                 f"revision {canary.revision} failed analysis {failed}/{analysis.failure_limit}: "
-                f"{result.message}",
+                f"{result.message}{_examples(mismatches)}",
             )
         )
     elif result.errors:
@@ -504,6 +526,19 @@ def _record_verdict(
                 )
             )
     return canary.model_copy(update=update)
+
+
+def _examples(mismatches: tuple[MismatchExample, ...]) -> str:
+    """A few mismatching requests, for an Event: their ids and scores."""
+    if not mismatches:
+        return ""
+    shown = [
+        f"{m.id} ({m.source}, cosine {m.cosine:.4f}"
+        + (f", top-1 {m.top1_agreement:.2f}" if m.top1_agreement is not None else "")
+        + ")"
+        for m in mismatches[:3]
+    ]
+    return "; mismatching requests: " + ", ".join(shown)
 
 
 def _step_passed(tick: _Tick, canary: CanaryStatus) -> bool:
@@ -586,9 +621,7 @@ def _promoting_status(tick: _Tick, canary: CanaryStatus, why: str) -> CanaryStat
 
 def _weight_reached(tick: _Tick, weight: int) -> bool:
     """The canary serves the step's share (its router says when)."""
-    return tick.router.serves(
-        tick.total, weight, tick.ready(tick.stable), tick.ready(tick.desired)
-    )
+    return tick.router.serves(tick.total, weight, tick.ready(tick.stable), tick.ready(tick.desired))
 
 
 def _at_weight(tick: _Tick, canary: CanaryStatus) -> Release:
@@ -602,7 +635,7 @@ def _at_weight(tick: _Tick, canary: CanaryStatus) -> Release:
     )
     plan = ServingPlan(
         tick.stable_plan(split.stable), tick.desired_plan(split.canary), retire, delete,
-        route_weight,
+        route_weight, _mirroring(tick, steps[canary.step]), shadow=weight == 0,
     )  # fmt: skip
     canary = _with_pods(tick, canary, weight)
     last = canary.last_analysis
@@ -627,9 +660,27 @@ def _at_weight(tick: _Tick, canary: CanaryStatus) -> Release:
     )
 
 
+def _mirroring(tick: _Tick, step: CanaryStep) -> Mirroring | None:
+    """The step's mirror share (or the output checks'), and replay when a check reads it."""
+    analysis = tick.spec.rollout.analysis
+    percent = step.mirror if step.mirror is not None else analysis.live_mirror_percent
+    replay = analysis.replays
+    if not percent and replay is None:
+        return None
+    return Mirroring(
+        tick.stable,
+        tick.desired,
+        (percent or 0) / 100,
+        duration_seconds(analysis.interval) if replay else None,
+        replay.samples if replay else 32,
+    )
+
+
 def _with_pods(tick: _Tick, canary: CanaryStatus, desired_weight: int) -> CanaryStatus:
     seen = tick.revisions.get(tick.desired) or RolloutObservation()
-    weight = tick.router.actual_weight(tick.ready(tick.stable), seen.ready)
+    weight = (
+        0 if desired_weight == 0 else tick.router.actual_weight(tick.ready(tick.stable), seen.ready)
+    )
     return canary.model_copy(
         update={
             "weight": weight,

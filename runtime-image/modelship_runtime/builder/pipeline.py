@@ -24,6 +24,7 @@ from modelship.api.artifact import (
     VariantReport,
     redact_uri,
 )
+from modelship.api.serving import REPLAY_FILE
 from modelship.api.timestamps import format_time, now
 from modelship.api.v1alpha1 import GraphLevel, Precision
 from modelship_runtime.builder import archive, formats, handoff, optimize, samples, sessions
@@ -305,8 +306,9 @@ def _optimize_and_publish(
         plan, index, sources.model, chosen.report, chosen.path, candidates, feeds
     )
     elapsed = time.monotonic() - started
+    golden = samples.write_golden_set(feeds, work / REPLAY_FILE)
     progress(f"publishing {chosen.report.name} to {store.uri} (built in {elapsed:.1f}s)")
-    uri = store.publish(index.digest, chosen.path, manifest)
+    uri = store.publish(index.digest, chosen.path, manifest, golden)
     store.put_index(plan.request_key, index)
     return BuildResult(index.digest, uri, manifest.variant, manifest, False)
 

@@ -1,4 +1,5 @@
-"""Sample inputs for calibration, validation and benchmarks, and their drift statistics.
+"""Sample inputs for calibration, validation and benchmarks, their drift statistics, and the
+artifact's golden set (the same samples, for replay to a canary).
 
 Calibration data is an .npz with one array per input name, samples along the first axis (extra
 arrays are ignored). Without it, inputs are generated from the signature: floats ~ N(0, 1); int
@@ -81,6 +82,18 @@ def _generate_one(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
 def generate(signature: Signature, count: int, seed: int = 0) -> list[Feed]:
     rng = np.random.default_rng(seed)
     return [{t.name: _generate_one(t, rng) for t in signature.inputs} for _ in range(count)]
+
+
+def write_golden_set(feeds: list[Feed], path: Path) -> Path | None:
+    """The samples as the artifact's golden set, in the calibration file's layout (one array
+    per input, samples on axis 0), for serving pods to replay to a canary; None when the feeds
+    are not all single samples (a model with a fixed batch size above one), which a server
+    could not send one by one."""
+    if not feeds or any(a.shape[:1] != (1,) for feed in feeds for a in feed.values()):
+        return None
+    arrays = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
+    np.savez(path, allow_pickle=False, **arrays)
+    return path
 
 
 def statistics(feeds: list[Feed]) -> dict[str, TensorStats]:

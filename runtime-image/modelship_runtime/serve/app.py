@@ -35,7 +35,8 @@ from modelship_runtime.serve.metrics import (
     RequestMetrics,
     register_server_info,
 )
-from modelship_runtime.serve.mirror import Mirror, MirrorConfig
+from modelship_runtime.serve.mirror import MirrorMetrics
+from modelship_runtime.serve.mirror_plan import MirrorControl
 from modelship_runtime.serve.model import DirectPredictor, OnnxModel, Predictor, SessionConfig
 from modelship_runtime.serve.rest import RestApp
 from modelship_runtime.serve.settings import ServeSettings
@@ -130,8 +131,7 @@ async def serve(settings: ServeSettings) -> int:
         served,
         InputLimits(settings.max_input_elements, settings.max_input_bytes),
     )
-    mirror = _start_mirror(settings, model, registry)
-    plane.tap = mirror
+    mirroring = MirrorControl(settings, model, plane, MirrorMetrics(registry))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -139,18 +139,21 @@ async def serve(settings: ServeSettings) -> int:
     metrics_server, metrics_thread = start_http_server(
         settings.metrics_port, settings.host, registry=registry
     )
-    rest, grpc_server = await _start_listeners(settings, plane, metrics, mirror)
+    rest, grpc_server = await _start_listeners(settings, plane, metrics, mirroring)
+    following: asyncio.Task[None] | None = None
     try:
         latency_ms = await _warm_up(model, settings, stack, stop)
         if latency_ms is not None:
             _place_calls(stack, plane, settings, latency_ms)
+            # After warm-up: a replay running beside it would skew the timings it decides by.
+            following = loop.create_task(mirroring.follow(), name="mirror-plan")
             plane.serving = plane.ready = True
             _log_ready(settings, threads, latency_ms, stack)
         await stop.wait()
     finally:
-        if mirror is not None:  # first: the drain waits for clients, never for mirrors
-            plane.tap = None
-            mirror.close()
+        if following is not None:  # first: the drain waits for clients, never for mirrors
+            following.cancel()
+        mirroring.close()
         await _drain(settings, plane, rest, grpc_server)
         await stack.predictor.close()
         metrics_server.shutdown()
@@ -196,28 +199,12 @@ def _build_predictors(
     return _PredictorStack(predictor, direct, batcher)
 
 
-def _start_mirror(
-    settings: ServeSettings, model: OnnxModel, registry: CollectorRegistry
-) -> Mirror | None:
-    config = MirrorConfig.from_settings(settings, model.outputs)
-    if config is None:
-        return None
-    mirror = Mirror(config, registry)
-    mirror.start()
-    log.info("mirroring %.1f%% of served requests to %s (canary revision '%s'), comparing "
-             "output '%s'", 100 * config.share, config.url, config.canary,
-             config.output)  # fmt: skip
-    return mirror
-
-
 async def _start_listeners(
-    settings: ServeSettings, plane: DataPlane, metrics: RequestMetrics, mirror: Mirror | None
+    settings: ServeSettings, plane: DataPlane, metrics: RequestMetrics, mirroring: MirrorControl
 ) -> tuple[_Listener, grpc.aio.Server | None]:
     """Start REST and (when enabled) gRPC, each attached to the data plane, which needs their
     request counts to tell whether a request is alone."""
-    app = RestApp(
-        plane, metrics, settings.max_request_bytes, mirror.status if mirror is not None else None
-    )
+    app = RestApp(plane, metrics, settings.max_request_bytes, mirroring.status)
     rest: _Listener = (
         _UvicornListener(app, settings)
         if settings.http_server == "uvicorn"

@@ -47,6 +47,9 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None
     id: str | None = None
     binary_outputs: bool = False
+    mirrored: bool = False
+    """Sent by another pod's mirror: never mirrored on (a plan pointing a pod at its own
+    Service must not feed mirrors back into themselves)."""
 
 
 @dataclass(slots=True)
@@ -156,7 +159,7 @@ class DataPlane:
         names, binary = self._requested_outputs(request)
         tap = self.tap
         call_names = names
-        if tap is not None and tap.sample():
+        if tap is not None and not request.mirrored and tap.sample():
             if names is not None and tap.output not in names:
                 call_names = [*names, tap.output]
         else:

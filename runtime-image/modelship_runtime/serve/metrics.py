@@ -7,7 +7,8 @@ apart. The operator's canary analysis reads
 ``modelship_request_duration_seconds{model,revision,protocol}`` (p99), from each pod or from
 Prometheus. ``code`` is the HTTP status for both protocols (gRPC statuses are mapped: OK=200,
 INVALID_ARGUMENT=400, ...), and ``model`` is the served model's name or "_unknown" for requests
-naming another model, so a client cannot create series at will.
+naming another model, so a client cannot create series at will. Requests another pod mirrored
+here (header ``modelship-mirror``) are counted only in ``modelship_mirror_served_total``.
 """
 
 from __future__ import annotations
@@ -75,8 +76,17 @@ class RequestMetrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         ).labels(model_name, self.revision)
+        self.mirrored = Counter(
+            "modelship_mirror_served",
+            "Mirrored requests answered, by source (live|replay) and code (HTTP status): "
+            "requests a mirroring pod marked with the modelship-mirror header, counted here "
+            "instead of in the client request metrics.",
+            ["model", "revision", "source", "code"],
+            registry=registry,
+        )
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
+        self._mirrored: dict[tuple[str, str, int], Any] = {}
 
     def started(self) -> None:
         self.in_flight.inc()
@@ -98,6 +108,19 @@ class RequestMetrics:
                 model, self.revision, protocol
             )
         histogram.observe(time.perf_counter() - started)
+
+    def mirror_served(self, model: str, source: str, code: int) -> None:
+        """A mirrored request was answered: counted apart, so the figures canary analysis
+        reads are the clients' alone."""
+        if model != self.model_name:
+            model = UNKNOWN_MODEL
+        key = (model, source, code)
+        counter = self._mirrored.get(key)
+        if counter is None:
+            counter = self._mirrored[key] = self.mirrored.labels(
+                model, self.revision, source, str(code)
+            )
+        counter.inc()
 
     def observe_batch(self, size: int, queue_seconds: Sequence[float]) -> None:
         self.batch_size.observe(size)
@@ -205,14 +228,21 @@ class DriftMonitor:
             count = sum(w.count for w in windows)
             if name in self._edges:
                 observed = np.sum([w.histogram for w in windows], axis=0)
-                result[name] = _psi(np.asarray(stats.histogram_counts, np.float64), observed)
+                result[name] = population_stability_index(
+                    np.asarray(stats.histogram_counts, np.float64), observed
+                )
             else:
                 mean = sum(w.sum for w in windows) / count
                 result[name] = abs(mean - stats.mean) / (stats.std if stats.std > 0 else 1.0)
         return result
 
 
-def _psi(expected: np.ndarray[Any, Any], observed: np.ndarray[Any, Any]) -> float:
+def population_stability_index(
+    expected: np.ndarray[Any, Any], observed: np.ndarray[Any, Any]
+) -> float:
+    """PSI of ``observed`` against ``expected``, two histograms (counts) over the same bins:
+    sum((o - e) * ln(o / e)) over the bin shares. Shares are floored at 1e-4 so that an empty
+    bin on one side gives a large but finite term instead of an infinite one."""
     eps = 1e-4
     p = np.maximum(expected / max(expected.sum(), 1), eps)
     q = np.maximum(observed / max(observed.sum(), 1), eps)

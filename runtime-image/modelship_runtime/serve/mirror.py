@@ -5,11 +5,17 @@ own output, once the answer is on its way to the client (:meth:`Mirror.served`, 
 with ``call_soon``). That call only puts the request on a bounded queue (or drops it, counted,
 when the queue or its byte budget is full): it never waits. Worker threads send the queued
 requests to the canary over REST (OIP v2 with the binary tensor extension, one keep-alive
-connection each), compare the chosen output with :mod:`modelship_runtime.agreement` (the
-builder's accuracy-gate arithmetic) and record per revision pair; the canary's answers never
-reach a client, and its errors and timeouts are only counted. Mismatching examples (cosine
-below ``mirror_example_cosine`` or top-1 differing) go to a small ring buffer, served
-read-only at ``GET /v2/mirror``.
+connection each, marked with the ``modelship-mirror`` header so the canary counts them apart
+from its clients), compare the chosen output with :mod:`modelship_runtime.agreement` (the
+builder's accuracy-gate arithmetic) and record per revision pair and source (``live`` here,
+``replay`` for the golden set, :mod:`.replay`); the canary's answers never reach a client, and
+its errors and timeouts are only counted. Mismatching examples (cosine below
+``mirror_example_cosine`` or top-1 differing) go to a small ring buffer, served read-only at
+``GET /v2/mirror``. Beside the per-request figures, the newest compared output values of both
+sides are kept (bounded), so that a scrape can tell whether the canary's outputs are
+*distributed* like the stable's (:class:`OutputDriftCollector`). Which pair a pod mirrors, if
+any, is the operator's plan file (:mod:`.mirror_plan`): a Mirror serves one plan and is
+closed when the plan changes.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,8 +37,12 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from modelship.api.serving import MIRROR_HEADER, MirrorPlan
 from modelship_runtime.agreement import cosine, max_abs_error, top1_matches
+from modelship_runtime.serve.metrics import population_stability_index
 from modelship_runtime.serve.model import Feeds, TensorInfo
 from modelship_runtime.serve.settings import ServeSettings
 from modelship_runtime.serve.tensors import NUMPY_DTYPES, datatype_of, to_bytes, to_json_data
@@ -41,10 +51,19 @@ log = logging.getLogger("modelship_runtime.serve.mirror")
 
 Array = np.ndarray[Any, Any]
 OUTCOMES = ("compared", "dropped", "failed")
+LIVE, REPLAY = "live", "replay"
+SOURCES = (LIVE, REPLAY)
+"""Where a mirrored request came from: a client's (sampled) or the golden set's."""
 COSINE_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
 """Fine near 1, where a faithful canary lives; the +Inf bucket catches rounding above 1."""
 ABS_ERROR_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5, 1.0, 10.0)
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
+SERIES_LABELS = ("model", "revision", "canary", "source")
+OUTPUT_DRIFT_BINS = 10
+OUTPUT_DRIFT_MIN_VALUES = 100
+"""Values per side below which a pair and source has no output drift series: a PSI over a
+handful of values is noise, and an absent series reads as "no data", where 0 would read as
+"same distribution"."""
 _FAILURE_LOG_EVERY_S = 60.0
 
 
@@ -52,9 +71,13 @@ class MirrorFailed(Exception):
     """The canary did not give a comparable answer (unreachable, timeout, error, bad reply)."""
 
 
+class PlanRejected(Exception):
+    """This pod cannot follow the mirroring plan; the message says what is wrong with it."""
+
+
 @dataclass(frozen=True, slots=True)
 class MirrorConfig:
-    """What a mirroring pod was told, with the runtime's defaults filled in."""
+    """What a mirroring pod follows: the operator's plan, with the server's knobs filled in."""
 
     url: str
     model_name: str
@@ -69,39 +92,42 @@ class MirrorConfig:
     max_queue_bytes: int = 64 * 1024 * 1024
     example_cosine: float = 0.99
     examples: int = 8
+    replay_interval_s: float | None = None
+    replay_samples: int = 32
+    output_window: int = 50_000
+    """Compared output values kept per side for the output drift (the newest)."""
 
     @classmethod
-    def from_settings(
-        cls, settings: ServeSettings, outputs: Sequence[TensorInfo]
-    ) -> MirrorConfig | None:
-        """None when mirroring is off, or when the output to compare does not exist: a wrong
-        setting must not stop the pod serving its clients, so it is logged instead."""
-        if not settings.mirror_url or not settings.mirror_share:
-            return None
-        output = chosen_output(outputs, settings.mirror_output)
+    def from_plan(
+        cls, plan: MirrorPlan, settings: ServeSettings, outputs: Sequence[TensorInfo]
+    ) -> MirrorConfig:
+        """Raises :class:`PlanRejected` when the output to compare is not a float output of
+        this model: a wrong plan must not stop the pod serving its clients."""
+        output = chosen_output(outputs, plan.output)
         if output is None:
-            log.error(
-                "mirroring off: %s; the model's float outputs are %s",
-                f"output '{settings.mirror_output}' is not a float output of the model"
-                if settings.mirror_output
-                else "the model has no float output to compare",
-                [o.name for o in outputs if o.datatype in FLOAT_DATATYPES] or "none",
+            floats = [o.name for o in outputs if o.datatype in FLOAT_DATATYPES] or "none"
+            what = (
+                f"output '{plan.output}' is not a float output of the model"
+                if plan.output
+                else "the model has no float output to compare"
             )
-            return None
+            raise PlanRejected(f"{what}; the model's float outputs are {floats}")
         return cls(
-            url=settings.mirror_url.rstrip("/"),
+            url=plan.url.rstrip("/"),
             model_name=settings.model_name,
-            revision=settings.revision or "",
-            canary=settings.mirror_revision or "",
+            revision=plan.stable,
+            canary=plan.canary,
             output=output,
-            share=settings.mirror_share,
-            queue=settings.mirror_queue or 64,
-            keep_inputs=bool(settings.mirror_keep_inputs),
+            share=plan.share,
+            queue=plan.queue,
+            keep_inputs=plan.keep_inputs,
             timeout_s=settings.mirror_timeout_s,
             connections=settings.mirror_connections,
             max_queue_bytes=settings.mirror_max_queue_bytes,
             example_cosine=settings.mirror_example_cosine,
             examples=settings.mirror_examples,
+            replay_interval_s=plan.replay_interval_s,
+            replay_samples=plan.replay_samples,
         )
 
 
@@ -162,7 +188,8 @@ class MirrorJob:
     feeds: Feeds
     stable: Array
     size: int
-    """Input bytes, what the job holds of the queue's byte budget."""
+    """Input bytes, what the job holds of the queue's byte budget (0: not queued)."""
+    source: str = LIVE
 
 
 def encode_request(job: MirrorJob, output: str) -> tuple[bytes, int]:
@@ -216,7 +243,8 @@ Sender = Callable[[MirrorJob], Array]
 
 
 class HttpSender:
-    """POSTs to the canary's REST endpoint, one keep-alive connection per worker thread."""
+    """POSTs to the canary's REST endpoint, one keep-alive connection per thread (each worker,
+    and the replay's), each request marked as mirrored (:data:`MIRROR_HEADER`)."""
 
     def __init__(self, config: MirrorConfig) -> None:
         parts = urlsplit(config.url)
@@ -244,6 +272,7 @@ class HttpSender:
                 {
                     "Content-Type": "application/octet-stream",
                     "Inference-Header-Content-Length": str(header_length),
+                    MIRROR_HEADER: job.source,
                 },
             )
             response = connection.getresponse()
@@ -262,28 +291,29 @@ class HttpSender:
 
 
 class MirrorMetrics:
-    """The mirroring series of one revision pair (labels model, revision, canary)."""
+    """The mirroring metric families of one registry, registered once: a pod follows a new
+    revision pair each time the plan changes, and a registry refuses a second family of one
+    name. Each pair and source gets its children (:meth:`series`)."""
 
-    def __init__(self, registry: CollectorRegistry, config: MirrorConfig) -> None:
-        labels = (config.model_name, config.revision, config.canary)
-        names = ["model", "revision", "canary"]
-        requests = Counter(
+    def __init__(self, registry: CollectorRegistry) -> None:
+        names = list(SERIES_LABELS)
+        self.requests = Counter(
             "modelship_mirror_requests",
-            "Requests sampled for mirroring, by outcome: compared (the canary answered and "
-            "the outputs were compared), dropped (the mirror queue was full, or the pod was "
+            "Requests mirrored to the canary, by source (live: sampled client requests, "
+            "replay: the golden set) and outcome: compared (the canary answered and the "
+            "outputs were compared), dropped (the mirror queue was full, or the pod was "
             "shutting down), failed (the canary did not answer in time, answered an error, or "
             "an answer that cannot be compared).",
             [*names, "outcome"],
             registry=registry,
         )
-        self.outcomes = {outcome: requests.labels(*labels, outcome) for outcome in OUTCOMES}
         self.cosine = Histogram(
             "modelship_mirror_cosine",
             "Cosine similarity of the canary's output to the stable's, per compared request.",
             names,
             buckets=COSINE_BUCKETS,
             registry=registry,
-        ).labels(*labels)
+        )
         self.max_abs_error = Histogram(
             "modelship_mirror_max_abs_error",
             "Largest absolute difference between the canary's and the stable's output, per "
@@ -291,19 +321,41 @@ class MirrorMetrics:
             names,
             buckets=ABS_ERROR_BUCKETS,
             registry=registry,
-        ).labels(*labels)
+        )
         self.top1_agreements = Counter(
             "modelship_mirror_top1_agreements",
             "Compared rows whose arg-max (over the last axis) is the same for both revisions.",
             names,
             registry=registry,
-        ).labels(*labels)
+        )
         self.top1_rows = Counter(
             "modelship_mirror_top1_rows",
             "Compared rows with a class axis: the denominator of the top-1 agreement.",
             names,
             registry=registry,
-        ).labels(*labels)
+        )
+        self.output_drift = OutputDriftCollector()
+        registry.register(self.output_drift)
+
+    def series(self, config: MirrorConfig, source: str) -> MirrorSeries:
+        labels = (config.model_name, config.revision, config.canary, source)
+        return MirrorSeries(self, labels, config.output_window)
+
+
+class MirrorSeries:
+    """The children of one revision pair and source, and the window of its compared outputs
+    (exported from creation until :meth:`close`)."""
+
+    def __init__(self, metrics: MirrorMetrics, labels: tuple[str, ...], window: int) -> None:
+        self.outcomes = {o: metrics.requests.labels(*labels, o) for o in OUTCOMES}
+        self.cosine = metrics.cosine.labels(*labels)
+        self.max_abs_error = metrics.max_abs_error.labels(*labels)
+        self.top1_agreements = metrics.top1_agreements.labels(*labels)
+        self.top1_rows = metrics.top1_rows.labels(*labels)
+        self.outputs = OutputWindow(window)
+        self._labels = labels
+        self._drift = metrics.output_drift
+        self._drift.track(labels, self.outputs)
 
     def record(self, agreement: Agreement) -> None:
         """The figures of one compared request (its outcome is counted by the caller)."""
@@ -312,6 +364,133 @@ class MirrorMetrics:
         if agreement.top1_rows:
             self.top1_agreements.inc(agreement.top1_agree)
             self.top1_rows.inc(agreement.top1_rows)
+
+    def close(self) -> None:
+        """Stop exporting this pair's output drift (see :class:`OutputDriftCollector`)."""
+        self._drift.forget(self._labels, self.outputs)
+
+
+# --- output drift ----------------------------------------------------------------------------
+
+
+def output_psi(stable: Array, canary: Array, bins: int = OUTPUT_DRIFT_BINS) -> float:
+    """Population stability index of the canary's values against the stable's (flat arrays).
+
+    ``bins`` bins cut at the stable's quantiles (its deciles by default), the outermost open to
+    ±inf, so that each holds about as many of the stable's values whatever the output's range.
+    Equal cuts (a constant or few-valued stable output) merge, leaving fewer bins: one cut,
+    two bins, for a constant. The cuts come from the stable's finite values only, and
+    non-finite values are binned like the others (NaN with the largest), so a canary answering
+    NaN shows as a shift instead of making the arithmetic NaN.
+    """
+    finite = stable[np.isfinite(stable)]
+    cuts = np.linspace(0, 1, bins + 1)[1:-1]
+    edges = np.unique(np.quantile(finite, cuts)) if finite.size else finite
+    count = edges.size + 1
+    expected = np.bincount(np.searchsorted(edges, stable, side="right"), minlength=count)
+    observed = np.bincount(np.searchsorted(edges, canary, side="right"), minlength=count)
+    return population_stability_index(expected, observed)
+
+
+class OutputWindow:
+    """The newest compared output values of both sides of one pair and source, ``size`` per
+    side at most, in two preallocated float64 ring buffers.
+
+    A worker's append is a cast-and-copy of the two outputs into that memory under a brief
+    lock, cheap beside the comparison itself; sorting and binning wait for a scrape
+    (:class:`OutputDriftCollector`). Copying, not keeping references, because the stable's
+    output may be a slice of a whole batch's, which a reference would keep alive. Both sides
+    always hold as many values: the compared outputs have one shape.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._stable = np.empty(size, np.float64)
+        self._canary = np.empty(size, np.float64)
+        self._next = 0
+        self._filled = 0
+        self._lock = threading.Lock()
+
+    def add(self, stable: Array, canary: Array) -> None:
+        a, b = stable.reshape(-1), canary.reshape(-1)
+        if a.size > self.size:
+            a, b = a[-self.size :], b[-self.size :]
+        n = a.size
+        with self._lock:
+            start = self._next
+            first = min(n, self.size - start)
+            self._stable[start : start + first] = a[:first]
+            self._canary[start : start + first] = b[:first]
+            self._stable[: n - first] = a[first:]
+            self._canary[: n - first] = b[first:]
+            self._next = (start + n) % self.size
+            self._filled = min(self._filled + n, self.size)
+
+    def values(self) -> tuple[Array, Array]:
+        """Copies of what each side holds now, the stable's and the canary's (in ring order,
+        not arrival order: a distribution has none)."""
+        with self._lock:
+            return self._stable[: self._filled].copy(), self._canary[: self._filled].copy()
+
+
+class OutputDriftCollector(Collector):
+    """``modelship_mirror_output_psi`` and ``modelship_mirror_output_values`` of the windows
+    tracked now, computed at scrape time (like the input drift, ``metrics.DriftCollector``).
+
+    One per registry, owned by :class:`MirrorMetrics`. A mirror's windows are tracked from its
+    creation and forgotten when it closes: a previous plan's pair drops out of the scrape
+    rather than show a gauge that no longer moves and would read as current (its counters and
+    histograms keep their children, being cumulative), and a new plan's pair, even the same
+    pair again, starts from an empty window.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[str, ...], OutputWindow] = {}
+        self._lock = threading.Lock()
+
+    def track(self, labels: tuple[str, ...], window: OutputWindow) -> None:
+        with self._lock:
+            self._windows[labels] = window
+
+    def forget(self, labels: tuple[str, ...], window: OutputWindow) -> None:
+        """Stop exporting ``window``; a newer window under the same labels stays."""
+        with self._lock:
+            if self._windows.get(labels) is window:
+                del self._windows[labels]
+
+    def describe(self) -> Iterable[Metric]:
+        """The families without samples: the registry learns their names, and refuses a
+        second collector of them as it refuses a second counter of one name."""
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        psi, values = self._families()
+        with self._lock:
+            tracked = list(self._windows.items())
+        for labels, window in tracked:
+            stable, canary = window.values()
+            if stable.size >= OUTPUT_DRIFT_MIN_VALUES:
+                psi.add_metric(labels, output_psi(stable, canary))
+                values.add_metric(labels, stable.size)
+        return [psi, values]
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "modelship_mirror_output_psi",
+                "Population stability index of the canary's values of the compared output "
+                "against the stable's, over the newest compared requests (10 bins cut at the "
+                "stable's deciles): 0 same distribution, above 0.25 usually a major shift. "
+                f"Absent below {OUTPUT_DRIFT_MIN_VALUES} values per side.",
+                labels=SERIES_LABELS,
+            ),
+            GaugeMetricFamily(
+                "modelship_mirror_output_values",
+                "Values per side that modelship_mirror_output_psi rests on now.",
+                labels=SERIES_LABELS,
+            ),
+        )
 
 
 class Mismatches:
@@ -346,28 +525,35 @@ def _json_inputs(feeds: Feeds) -> list[dict[str, Any]]:
 
 
 class Mirror:
-    """Bounded, never-blocking mirroring of served requests to one canary (see the module)."""
+    """Bounded, never-blocking mirroring of served requests to one canary (see the module);
+    :meth:`compare_with_canary` is also what the replay sends its golden rows through."""
 
     def __init__(
         self,
         config: MirrorConfig,
-        registry: CollectorRegistry,
+        metrics: MirrorMetrics,
         send: Sender | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.output = config.output
-        self.metrics = MirrorMetrics(registry, config)
+        # Replay series only where replay runs: a zero would read as "replayed, nothing seen".
+        sources = SOURCES if config.replay_interval_s else (LIVE,)
+        self.series = {source: metrics.series(config, source) for source in sources}
         self.mismatches = Mismatches(config.examples)
         self._send: Sender = send or HttpSender(config)
         self._random = (rng or random.Random()).random
         self._queue: queue.Queue[MirrorJob | None] = queue.Queue(config.queue)
         self._queued_bytes = 0
-        self._counts = dict.fromkeys(OUTCOMES, 0)
+        self._counts = {source: dict.fromkeys(OUTCOMES, 0) for source in SOURCES}
         self._lock = threading.Lock()
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._last_failure_log = -_FAILURE_LOG_EVERY_S
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def sample(self) -> bool:
         """Whether to mirror the request about to be served (an independent draw each)."""
@@ -390,7 +576,7 @@ class Mirror:
                 return
             except queue.Full:
                 self._release(size)
-        self._count("dropped")
+        self._count(LIVE, "dropped")
 
     def start(self) -> None:
         for index in range(self.config.connections):
@@ -400,8 +586,11 @@ class Mirror:
 
     def close(self) -> None:
         """Stop at once: queued requests are dropped (counted); a request being sent is not
-        waited for (daemon threads; its answer is ignored)."""
+        waited for (daemon threads; its answer is ignored). The pair's output drift is no
+        longer exported."""
         self._closed = True
+        for series in self.series.values():
+            series.close()
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -409,15 +598,20 @@ class Mirror:
                 break
             if job is not None:
                 self._release(job.size)
-                self._count("dropped")
+                self._count(job.source, "dropped")
         for _ in self._threads:
             try:
                 self._queue.put_nowait(None)
             except queue.Full:  # a request offered meanwhile; workers stop at the flag anyway
                 break
 
+    def counts(self, source: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts[source])
+
     def status(self) -> dict[str, Any]:
-        """``GET /v2/mirror``: the revision pair, counts and the newest mismatching examples."""
+        """``GET /v2/mirror``: the revision pair, live counts and the newest mismatching
+        examples (of either source)."""
         config = self.config
         return {
             "enabled": not self._closed,
@@ -428,14 +622,57 @@ class Mirror:
             "share": config.share,
             "output": config.output,
             "example_cosine": config.example_cosine,
-            "requests": dict(self._counts),
+            "requests": self.counts(LIVE),
             "mismatches": self.mismatches.snapshot(),
         }
 
-    def _count(self, outcome: str) -> None:
+    def compare_with_canary(self, job: MirrorJob) -> None:
+        """Send one job to the canary now, on the calling thread, compare and record; never
+        raises. Nothing is recorded once the mirror is closed (a newer plan's figures must not
+        mix with this one's)."""
+        try:
+            canary = self._send(job)
+            agreement = compare(job.stable, canary)
+        except MirrorFailed as exc:
+            self.failed(job.source, str(exc))
+            return
+        except Exception as exc:  # a bug here must not stop mirroring, nor the pod
+            log.exception("mirroring a request failed")
+            self.failed(job.source, f"{type(exc).__name__}: {exc}")
+            return
+        if self._closed:
+            return
+        series = self.series[job.source]
+        # Before the count: whoever sees a request counted as compared finds its values kept.
+        series.outputs.add(job.stable, canary)
+        self._count(job.source, "compared")
+        series.record(agreement)
+        if agreement.cosine < self.config.example_cosine or (
+            agreement.top1_agree < agreement.top1_rows
+        ):
+            self.mismatches.add(self._example(job, agreement))
+
+    def failed(self, source: str, why: str) -> None:
+        """Count a request of ``source`` that could not be compared, and log why (at most once
+        a minute)."""
+        if self._closed:
+            return
+        self._count(source, "failed")
+        now = time.monotonic()
+        if now - self._last_failure_log >= _FAILURE_LOG_EVERY_S:
+            self._last_failure_log = now
+            log.warning(
+                "mirroring (%s) to %s failed (logged once a minute; counted in "
+                'modelship_mirror_requests_total{outcome="failed"}): %s',
+                source,
+                self.config.url,
+                why,
+            )
+
+    def _count(self, source: str, outcome: str) -> None:
         with self._lock:
-            self._counts[outcome] += 1
-        self.metrics.outcomes[outcome].inc()
+            self._counts[source][outcome] += 1
+        self.series[source].outcomes[outcome].inc()
 
     def _release(self, size: int) -> None:
         with self._lock:
@@ -447,39 +684,12 @@ class Mirror:
             if job is None or self._closed:
                 return
             self._release(job.size)
-            try:
-                agreement = compare(job.stable, self._send(job))
-            except MirrorFailed as exc:
-                self._failed(str(exc))
-                continue
-            except Exception as exc:  # a bug here must not stop mirroring, nor the pod
-                log.exception("mirroring a request failed")
-                self._failed(f"{type(exc).__name__}: {exc}")
-                continue
-            if self._closed:
-                return
-            self._count("compared")
-            self.metrics.record(agreement)
-            if agreement.cosine < self.config.example_cosine or (
-                agreement.top1_agree < agreement.top1_rows
-            ):
-                self.mismatches.add(self._example(job, agreement))
-
-    def _failed(self, why: str) -> None:
-        self._count("failed")
-        now = time.monotonic()
-        if now - self._last_failure_log >= _FAILURE_LOG_EVERY_S:
-            self._last_failure_log = now
-            log.warning(
-                "mirroring to %s failed (logged once a minute; counted in "
-                'modelship_mirror_requests_total{outcome="failed"}): %s',
-                self.config.url,
-                why,
-            )
+            self.compare_with_canary(job)
 
     def _example(self, job: MirrorJob, agreement: Agreement) -> dict[str, Any]:
         example: dict[str, Any] = {
             "id": job.request_id,
+            "source": job.source,
             "time": time.time(),
             "output": self.output,
             "cosine": agreement.cosine,

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from modelship.api.serving import MIRROR_HEADER
 from modelship_runtime.serve.dataplane import (
     DataPlane,
     InferRequest,
@@ -21,6 +22,7 @@ from modelship_runtime.serve.dataplane import (
 )
 from modelship_runtime.serve.errors import ErrorKind, InferenceError, internal_error, invalid
 from modelship_runtime.serve.metrics import RequestMetrics
+from modelship_runtime.serve.mirror import LIVE, REPLAY
 from modelship_runtime.serve.tensors import (
     InputBudget,
     InputLimits,
@@ -42,6 +44,7 @@ BodyReader = Callable[[int], Awaitable[bytes]]
 JSON = b"application/json"
 OCTET = b"application/octet-stream"
 HEADER_LENGTH = b"inference-header-content-length"
+_MIRROR_HEADER = MIRROR_HEADER.encode()
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _EMPTY: dict[str, Any] = {}
 
@@ -80,7 +83,7 @@ class RestApp:
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.mirror_status = mirror_status
-        """``GET /v2/mirror``: what the canary mirror reports (None: this pod mirrors nothing)."""
+        """``GET /v2/mirror``: what the mirroring reports (None: this server never mirrors)."""
         self.draining = False
         """Set on SIGTERM: under uvicorn, every further response asks to close its connection
         (the built-in server does that itself)."""
@@ -130,7 +133,11 @@ class RestApp:
                 ok = plane.live if parts[2] == "live" else plane.ready
                 return Reply(200 if ok else 503, orjson.dumps({parts[2]: ok}))
             if n == 2 and parts[1] == "mirror":
-                status = self.mirror_status() if self.mirror_status else {"enabled": False}
+                status = (
+                    self.mirror_status()
+                    if self.mirror_status
+                    else {"enabled": False, "reason": "this server does not mirror"}
+                )
                 return Reply(200, orjson.dumps(status))
             if parts[1] == "models" and n >= 3:
                 name, version, rest = _model_path(parts)
@@ -150,7 +157,8 @@ class RestApp:
     ) -> Reply:
         metrics = self.metrics
         started = time.perf_counter()
-        if metrics is not None:
+        mirrored = mirror_source(headers)
+        if metrics is not None and mirrored is None:
             metrics.started()
         name, version, rest = _model_path(parts)
         try:
@@ -159,7 +167,7 @@ class RestApp:
             elif method != "POST":
                 reply = Reply(405, orjson.dumps({"error": "use POST for .../infer"}))
             else:
-                response = await self._infer(headers, read_body, name, version)
+                response = await self._infer(headers, read_body, name, version, mirrored)
                 reply = _encode(response)
         except InferenceError as exc:
             reply = error_reply(exc.kind, exc.message)
@@ -167,11 +175,19 @@ class RestApp:
             error = internal_error("internal error while answering an infer request", exc)
             reply = error_reply(error.kind, error.message)
         if metrics is not None:
-            metrics.finished("rest", name, reply.status, started)
+            if mirrored is None:
+                metrics.finished("rest", name, reply.status, started)
+            else:
+                metrics.mirror_served(name, mirrored, reply.status)
         return reply
 
     async def _infer(
-        self, headers: Headers, read_body: BodyReader, name: str, version: str | None
+        self,
+        headers: Headers,
+        read_body: BodyReader,
+        name: str,
+        version: str | None,
+        mirrored: str | None,
     ) -> InferResponse:
         declared, header_length = request_headers(headers)
         limit = self.max_request_bytes
@@ -179,7 +195,19 @@ class RestApp:
             raise too_large(declared, limit)
         body = await read_body(limit)
         request = decode_request(body, header_length, name, version, self.plane.limits)
+        request.mirrored = mirrored is not None
         return await self.plane.infer(request)
+
+
+def mirror_source(headers: Headers) -> str | None:
+    """``live`` or ``replay`` for a request another pod mirrored here (header
+    ``modelship-mirror``; any other value counts as live), None for a client's. A client could
+    send the header too: that only takes its own requests out of the client metrics (and out
+    of mirroring)."""
+    for key, value in headers:
+        if key == _MIRROR_HEADER:
+            return REPLAY if value.strip().lower() == REPLAY.encode() else LIVE
+    return None
 
 
 def request_headers(headers: Headers) -> tuple[int | None, int | None]:

@@ -126,6 +126,13 @@ class ServeSettings(BaseSettings, ServingConfig, DownloadConfig):
         "balancers stop sending first (bounded by drain_deadline_s). In a pod the preStop "
         "pause does this, so the operator leaves it at 0.",
     )
+    mirror_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Mirroring: how often the plan file (mirror_file) is read again; a change "
+        "starts, swaps or stops mirroring within this long.",
+    )
     mirror_timeout_s: float = Field(
         default=2.0,
         gt=0,
