@@ -318,3 +318,15 @@ def test_prometheus_reads_the_drift_gauges_of_the_stable_pods() -> None:
     )
     assert result.verdict is FAIL
     assert "outputDrift: PSI 0.500 > 0.250" in result.message
+
+
+def test_nothing_is_mirrored_before_the_canary_has_a_ready_pod() -> None:
+    world = releasing([{"weight": 20, "pause": "60s"}], agreement={})
+    assert world.plan().mirror is not None
+    world.stored = artifact(3, "int8-dynamic")
+    world.spec = respec(world.spec, optimization={"precision": "int8-dynamic"})
+    world.tick()  # a newer canary replaces it: its pods are not ready yet
+    assert world.plan().mirror is None, "its Service has no endpoint to answer copies"
+    world.settle()
+    world.tick()
+    assert world.plan().mirror is not None

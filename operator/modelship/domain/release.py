@@ -665,6 +665,10 @@ def _mirroring(tick: _Tick, step: CanaryStep) -> Mirroring | None:
     analysis = tick.spec.rollout.analysis
     percent = step.mirror if step.mirror is not None else analysis.live_mirror_percent
     replay = analysis.replays
+    if tick.ready(tick.desired) == 0:
+        # Copies sent before the canary has a ready pod would only fail (its Service has no
+        # endpoint), and count against it.
+        return None
     if not percent and replay is None:
         return None
     return Mirroring(
