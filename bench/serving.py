@@ -6,16 +6,47 @@ server it records throughput, p50/p99 latency at concurrency 1, 8 and 32 and the
 CPU-seconds per request (utime+stime of the server's process tree), repeated --repeats times
 (servers interleaved per repeat so drift hits everyone alike) and reports median and spread.
 
-Peers (MLServer with a custom ONNX runtime, KServe's Python ModelServer) run from a separate venv
-(.bench-venv/mlserver, .bench-venv/kserve; gitignored) because their dependencies conflict with
-ours and with each other:
+Peers (MLServer with a custom ONNX runtime, KServe's Python ModelServer, Triton with its Python
+backend) run from a separate venv each (.bench-venv/{mlserver,kserve,triton}; gitignored) because
+their dependencies conflict with ours and with each other (nvidia-pytriton 0.7.0 needs numpy < 2,
+our runtime pins numpy 2.4.6):
 
     python -m venv .bench-venv/mlserver && .bench-venv/mlserver/bin/pip install mlserver==1.7.1 \
         onnxruntime==1.31.1
     python -m venv .bench-venv/kserve && .bench-venv/kserve/bin/pip install kserve==0.21.0 \
         onnxruntime==1.31.1
+    python -m venv .bench-venv/triton && .bench-venv/triton/bin/pip install \
+        nvidia-pytriton==0.7.0 onnxruntime==1.31.1
 
     .venv/bin/python bench/serving.py --repeats 3 --duration 5 --out bench/results/serving.json
+
+Triton (servers ``triton`` and ``triton-batch``): the nvidia-pytriton wheel carries tritonserver
+2.51 (``pytriton/tritonserver/bin/tritonserver``) and its Python backend; PyTriton itself is not
+used. Per case the benchmark writes a model repository into its temp dir, one model ``model``:
+
+- ``config.pbtxt``: ``backend: "python"``, one CPU instance, inputs and outputs read from the
+  ONNX file's signature (symbolic dims as -1; a tensor of shape ``[N]`` in a batching model as
+  ``dims: [ 1 ] reshape: { shape: [ ] }``, since Triton wants a dimension besides the batch one).
+  ``triton-batch``: ``max_batch_size: 32`` and ``dynamic_batching {
+  max_queue_delay_microseconds }`` set to our ``--max-delay-ms`` (``--batch-delay-ms``);
+  ``triton``: ``max_batch_size: 0``, no batcher. ``parameters`` carry the ONNX path and our
+  server's session settings (2 intra-op threads, 1 inter-op thread, sequential, spinning on).
+- ``1/model.py``: a copy of ``bench/triton_model.py``, one onnxruntime session; ``execute`` runs
+  the batch of requests Triton hands it as one call (inputs joined along axis 0, outputs split
+  back per request).
+
+The backend directory is built in the temp dir as well: the wheel's ``backends/python``
+(``libtriton_python.so``, ``triton_python_backend_utils.py``) plus
+``python_backend_stubs/<python version>/triton_python_backend_stub``. The server runs with the
+Triton venv's ``bin`` first on PATH (the stub's embedded interpreter finds the venv, hence
+onnxruntime, through it) and ``LD_LIBRARY_PATH`` set to that interpreter's LIBDIR (the stub links
+libpython) and the wheel's ``nvidia_pytriton.libs`` (the stub's RPATH reaches them only from its
+place inside the wheel), HTTP on a free loopback port, gRPC and metrics off; its log goes to
+``<temp dir>/triton.log``. It counts as ready when ``/v2/models/model/ready`` answers 200 (as for
+every server; Triton's ``/v2/health/ready`` turns 200 at the same moment with one model) and stops
+on SIGTERM. The load generator and the OIP v2 JSON bodies are those of every other server. Its
+CPU per request is measured like everyone's: the stub processes (one per model instance) are
+children of tritonserver, so they are in the process tree that is summed.
 """
 
 from __future__ import annotations
@@ -24,6 +55,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -322,6 +354,119 @@ def kserve(peer_python: Path) -> Callable[..., subprocess.Popen[bytes]]:
     return start
 
 
+_TRITON_DATATYPES = {
+    1: "TYPE_FP32",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+    11: "TYPE_FP64",
+}
+"""ONNX TensorProto element types -> Triton config data types (those our models use and a few)."""
+
+TRITON_LOCATE = """
+import importlib.util, sys, sysconfig
+print(importlib.util.find_spec("pytriton").submodule_search_locations[0])
+print(sysconfig.get_config_var("LIBDIR"))
+print(f"{sys.version_info.major}.{sys.version_info.minor}")
+"""
+"""Run by the Triton venv's interpreter: the wheel's directory, libpython's, the stub version."""
+
+
+def triton_config(model: Path, batch_delay_ms: float | None) -> str:
+    """``config.pbtxt`` of the Python-backend model serving ``model`` (see the module docstring);
+    batching at most 32 with this queue delay unless ``batch_delay_ms`` is None."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    batched = batch_delay_ms is not None
+
+    def tensor(value: Any) -> str:
+        kind = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim]
+        entry = f'{{ name: "{value.name}" data_type: {_TRITON_DATATYPES[kind.elem_type]}'
+        if batched and len(dims) == 1:
+            return entry + " dims: [ 1 ] reshape: { shape: [ ] } }"
+        shown = dims[1:] if batched else dims
+        return entry + f" dims: [ {', '.join(str(d) for d in shown)} ] }}"
+
+    inputs = ",\n  ".join(tensor(v) for v in graph.input if v.name not in weights)
+    outputs = ",\n  ".join(tensor(v) for v in graph.output)
+    parameters = {
+        "onnx_model": str(model),
+        "intra_op_threads": str(THREADS),
+        "allow_spinning": "1",
+    }
+    lines = [
+        'name: "model"',
+        'backend: "python"',
+        f"max_batch_size: {32 if batched else 0}",
+    ]
+    if batch_delay_ms is not None:
+        delay_us = round(batch_delay_ms * 1000)
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}")
+    lines += [
+        "instance_group [ { count: 1 kind: KIND_CPU } ]",
+        f"input [\n  {inputs}\n]",
+        f"output [\n  {outputs}\n]",
+    ]
+    lines += [
+        f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+        for key, value in parameters.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def triton(
+    peer_python: Path, batch_delay_ms: float | None
+) -> Callable[..., subprocess.Popen[bytes]]:
+    """Triton (the nvidia-pytriton wheel's tritonserver), Python backend running onnxruntime;
+    dynamic batching unless ``batch_delay_ms`` is None."""
+
+    def start(model: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
+        if not peer_python.exists():
+            raise RuntimeError(f"no {peer_python}: make the Triton venv (see the docstring)")
+        located = subprocess.run(
+            [str(peer_python), "-c", TRITON_LOCATE], capture_output=True, text=True, check=True
+        ).stdout.split()
+        wheel, libdir, python_version = Path(located[0]) / "tritonserver", located[1], located[2]
+        backend = work / "triton-backends" / "python"
+        if not backend.exists():
+            backend.mkdir(parents=True)
+            for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+                shutil.copy2(wheel / "backends" / "python" / name, backend)
+            stub = wheel / "python_backend_stubs" / python_version / "triton_python_backend_stub"
+            shutil.copy2(stub, backend)
+        variant = "single" if batch_delay_ms is None else "batch"
+        repo = work / f"triton-{variant}-{hashlib.sha256(str(model).encode()).hexdigest()[:8]}"
+        (repo / "model" / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / "bench" / "triton_model.py", repo / "model" / "1" / "model.py")
+        (repo / "model" / "config.pbtxt").write_text(triton_config(model, batch_delay_ms))
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(peer_python.parent), env.get("PATH", "")])
+        # The stub's RPATH finds the wheel's bundled libraries (libcudart) only from its place
+        # in the wheel; copied here, it needs them named.
+        bundled = wheel.parent.parent / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [libdir, str(bundled), env.get("LD_LIBRARY_PATH", "")]
+        )
+        args = [
+            str(wheel / "bin" / "tritonserver"),
+            f"--model-repository={repo}",
+            f"--backend-directory={backend.parent}",
+            f"--cache-directory={wheel / 'caches'}",
+            "--http-address=127.0.0.1",
+            f"--http-port={port}",
+            "--allow-grpc=false",
+            "--allow-metrics=false",
+            "--log-verbose=0",
+        ]
+        with (work / "triton.log").open("ab") as log:
+            return subprocess.Popen(args, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    return start
+
+
 def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -464,14 +609,21 @@ def main() -> int:
     parser.add_argument(
         "--kserve-python", type=Path, default=REPO / ".bench-venv/kserve/bin/python"
     )
+    parser.add_argument(
+        "--triton-python", type=Path, default=REPO / ".bench-venv/triton/bin/python"
+    )
     parser.add_argument("--models", default="minilm16,minilm128,mlp")
     parser.add_argument(
         "--batch-delay-ms",
         type=float,
         default=BATCH_DELAY_MS,
-        help="max batch delay of every batching server (ours and MLServer alike)",
+        help="max batch delay of every batching server (ours, MLServer and Triton alike)",
     )
-    parser.add_argument("--servers", default="ours,ours-batch,mlserver,mlserver-batch,kserve")
+    parser.add_argument(
+        "--servers",
+        default="ours,ours-batch,mlserver,mlserver-batch,kserve,triton,triton-batch",
+        help="comma-separated, run in this order in every repeat",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/serving.json")
     parser.add_argument(
         "--summarize",
@@ -507,6 +659,8 @@ def main() -> int:
         "mlserver": Server("mlserver", mlserver(args.mlserver_python, None)),
         "mlserver-batch": Server("mlserver-batch", mlserver(args.mlserver_python, delay)),
         "kserve": Server("kserve", kserve(args.kserve_python)),
+        "triton": Server("triton", triton(args.triton_python, None)),
+        "triton-batch": Server("triton-batch", triton(args.triton_python, delay)),
     }
     chosen_cases = [cases[c] for c in args.models.split(",")]
     chosen_servers = [servers[s] for s in args.servers.split(",")]
@@ -560,7 +714,7 @@ def _mean_limit(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
     }
 
 
-PEERS = ("mlserver", "mlserver-batch", "kserve")
+PEERS = ("mlserver", "mlserver-batch", "kserve", "triton", "triton-batch")
 
 
 def summarize_case(raw: dict[str, Any], case: str) -> dict[str, Any]:
