@@ -20,6 +20,7 @@ from modelship_runtime.serve.mirror import (
     MirrorConfig,
     MirrorJob,
     MirrorMetrics,
+    MirrorUnreachable,
     PlanRejected,
     compare,
     decode_output,
@@ -304,6 +305,25 @@ def test_metric_families_are_registered_once_and_each_pair_gets_its_series() -> 
     assert registry.get_sample_value("modelship_mirror_requests_total", replay) == 0
     no_replay = {**LABELS, "source": "replay", "outcome": "compared"}
     assert registry.get_sample_value("modelship_mirror_requests_total", no_replay) is None
+
+
+def test_a_request_without_an_answer_is_sent_again_only_when_retries_are_asked() -> None:
+    calls: list[str] = []
+
+    def flaky(job: MirrorJob) -> Array:
+        calls.append(job.request_id)
+        if len(calls) % 2:
+            raise MirrorUnreachable("RemoteDisconnected: closed by the peer")
+        return job.stable
+
+    for retries, compared, failed in ((1, 1, 0), (0, 0, 1)):
+        calls.clear()
+        mirror = new_mirror(config(replay_interval_s=5.0), CollectorRegistry(), flaky)
+        mirror.compare_with_canary(
+            MirrorJob("g", feeds(), np.ones((2, 10), np.float32), 0, "replay"), retries=retries
+        )
+        assert mirror.counts("replay") == {"compared": compared, "dropped": 0, "failed": failed}
+        assert len(calls) == retries + 1
 
 
 def test_nothing_is_recorded_for_a_closed_mirror() -> None:

@@ -71,6 +71,10 @@ class MirrorFailed(Exception):
     """The canary did not give a comparable answer (unreachable, timeout, error, bad reply)."""
 
 
+class MirrorUnreachable(MirrorFailed):
+    """The request did not get an answer at all (connection refused or reset, timeout)."""
+
+
 class PlanRejected(Exception):
     """This pod cannot follow the mirroring plan; the message says what is wrong with it."""
 
@@ -280,7 +284,7 @@ class HttpSender:
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             self._local.connection = None
-            raise MirrorFailed(f"{type(exc).__name__}: {exc}") from exc
+            raise MirrorUnreachable(f"{type(exc).__name__}: {exc}") from exc
         if response.status != 200:
             raise MirrorFailed(f"the canary answered {response.status}: {answer[:200]!r}")
         length = response.getheader("Inference-Header-Content-Length")
@@ -626,12 +630,20 @@ class Mirror:
             "mismatches": self.mismatches.snapshot(),
         }
 
-    def compare_with_canary(self, job: MirrorJob) -> None:
+    def compare_with_canary(self, job: MirrorJob, retries: int = 0) -> None:
         """Send one job to the canary now, on the calling thread, compare and record; never
-        raises. Nothing is recorded once the mirror is closed (a newer plan's figures must not
-        mix with this one's)."""
+        raises. A request that got no answer at all is sent again up to ``retries`` times on a
+        new connection (inference is idempotent; replay uses one, so a connection the canary's
+        side dropped, or one slow moment, is not counted against it). Nothing is recorded once
+        the mirror is closed (a newer plan's figures must not mix with this one's)."""
         try:
-            canary = self._send(job)
+            for attempt in range(retries + 1):
+                try:
+                    canary = self._send(job)
+                    break
+                except MirrorUnreachable:
+                    if attempt == retries or self._closed:
+                        raise
             agreement = compare(job.stable, canary)
         except MirrorFailed as exc:
             self.failed(job.source, str(exc))

@@ -28,6 +28,9 @@ from modelship_runtime.serve.mirror import REPLAY, Mirror, MirrorJob
 from modelship_runtime.serve.model import Feeds, Outputs, TensorInfo
 from modelship_runtime.serve.tensors import NUMPY_DTYPES
 
+REPLAY_RETRIES = 1
+"""A golden row that got no answer is sent once more (see Mirror.compare_with_canary)."""
+
 log = logging.getLogger("modelship_runtime.serve.replay")
 
 Array = np.ndarray[Any, Any]
@@ -146,4 +149,6 @@ class Replay:
                 why = f"the stable's model failed on golden row {index}: {exc}"
                 self.mirror.failed(REPLAY, why)
                 continue
-            self.mirror.compare_with_canary(MirrorJob(f"replay-{index}", feeds, stable, 0, REPLAY))
+            self.mirror.compare_with_canary(
+                MirrorJob(f"replay-{index}", feeds, stable, 0, REPLAY), retries=REPLAY_RETRIES
+            )
