@@ -147,8 +147,9 @@ per input name): what a mirroring pod replays to the canary."""
 
 
 class MirrorPlan(BaseModel):
-    """What the stable revision's pods are told to mirror to the canary, as a JSON file (the
-    ``mirror.json`` key of ConfigMap ``<name>-mirror``). Pods of any other revision ignore it;
+    """What the stable revision's pods are told to mirror to the canary, as a JSON file (key
+    ``<name>.json`` of the namespace's ConfigMap ``modelship-mirror``, mounted as
+    ``mirror.json``). Pods of any other revision ignore it;
     an empty or missing file means no mirroring. Every figure it causes is labelled with the
     revision pair, so a plan for a new canary never mixes with the previous one's."""
 

@@ -1,7 +1,7 @@
 """Following the operator's mirroring plan: a file the server re-reads while it runs.
 
-The operator mounts ConfigMap ``<name>-mirror`` into every serving pod and names the file in
-``mirror_file``; the kubelet swaps the file's content in place when the ConfigMap changes, so
+The operator mounts key ``<name>.json`` of ConfigMap ``modelship-mirror`` into every serving
+pod and names the file in ``mirror_file``; the kubelet swaps the file's content in place when the ConfigMap changes, so
 the server reads it every ``mirror_poll_s`` (on a worker thread: an unchanged file costs that
 read and nothing else). A plan for this pod's revision starts a :class:`~.mirror.Mirror` for
 the pair it names and, when the plan asks and the artifact has a golden set, its
