@@ -1,14 +1,14 @@
 """Following the operator's mirroring plan: a file the server re-reads while it runs.
 
 The operator mounts key ``<name>.json`` of ConfigMap ``modelship-mirror`` into every serving
-pod and names the file in ``mirror_file``; the kubelet swaps the file's content in place when the ConfigMap changes, so
-the server reads it every ``mirror_poll_s`` (on a worker thread: an unchanged file costs that
-read and nothing else). A plan for this pod's revision starts a :class:`~.mirror.Mirror` for
-the pair it names and, when the plan asks and the artifact has a golden set, its
-:class:`~.replay.Replay`; a changed plan closes both at once and starts the new pair's.
-Anything else leaves the pod mirroring nothing, and ``GET /v2/mirror`` says why: no file or an
-empty one, a plan for another revision (canary pods mount the same file), or an invalid plan
-(logged once per content).
+pod and names the file in ``mirror_file``; the kubelet swaps the file's content in place when
+the ConfigMap changes, so the server reads it every ``mirror_poll_s`` (on a worker thread: an
+unchanged file costs that read and nothing else). A plan for this pod's revision starts a
+:class:`~.mirror.Mirror` for the pair it names and, when the plan asks and the artifact has a
+golden set, its :class:`~.replay.Replay`; a changed plan closes both at once and starts the new
+pair's. Anything else leaves the pod mirroring nothing, and ``GET /v2/mirror`` says why: no
+file or an empty one, a plan for another revision (canary pods mount the same file), or an
+invalid plan (logged once per content).
 """
 
 from __future__ import annotations
