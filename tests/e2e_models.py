@@ -38,9 +38,16 @@ class Models:
     """Canary-family ONNX models (canary_models.canary_model) under ``prefix`` in the PVC."""
 
     def __init__(
-        self, cluster: Cluster, workdir: Path, prefix: str, seeds: tuple[int, int] = (11, 12)
+        self,
+        cluster: Cluster,
+        workdir: Path,
+        prefix: str,
+        seeds: tuple[int, int] = (11, 12),
+        labels: np.ndarray | None = None,
     ) -> None:
         self.cluster, self.workdir, self.prefix, self.seeds = cluster, workdir, prefix, seeds
+        self.labels = labels
+        """A class per calibration row (the calibration file's 'labels' array), or none."""
         self.uris: dict[str, tuple[str, str]] = {}
 
     def get(self, name: str, seed: int | None = None, **kind: Any) -> tuple[str, str]:
@@ -58,7 +65,10 @@ class Models:
         """Samples every version runs on (the failing one needs x[:,0] <= 0 to be built)."""
         if "calibration" not in self.uris:
             path = self.workdir / "calibration.npz"
-            np.savez(path, x=calibration_rows())
+            if self.labels is None:
+                np.savez(path, x=calibration_rows())
+            else:
+                np.savez(path, x=calibration_rows(), labels=self.labels)
             uri = stack.seed_model(self.cluster, NS, path, f"{self.prefix}/calibration.npz")
             self.uris["calibration"] = (uri, "")
         return self.uris["calibration"][0]

@@ -19,9 +19,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from modelship.api.artifact import MANIFEST_FILE, MODEL_FILE, BuildPlan
+from modelship.api.artifact import MANIFEST_FILE, MODEL_FILE, BuildPlan, Signature
 from modelship.api.serving import REPLAY_FILE
-from modelship.api.v1alpha1 import CalibrationSpec, Precision
+from modelship.api.v1alpha1 import CalibrationSpec, Precision, TensorDatatype, TensorSpec
 from modelship_runtime.builder import handoff, samples
 from modelship_runtime.builder.benchmark import BenchSettings
 from modelship_runtime.builder.cli import as_build_error, job_main
@@ -110,10 +110,77 @@ def test_the_golden_set_is_the_calibration_rows_the_build_used(
         assert np.array_equal(golden["input"], rows[:20])  # at most the samples asked for
 
 
+def test_the_golden_set_carries_the_labels_of_the_rows_the_build_used(
+    tmp_path: Path, make_plan: MakePlan, tiny_model: Path, fast_bench: BenchSettings
+) -> None:
+    rows = np.random.default_rng(6).normal(size=(30, 8)).astype(np.float32)
+    labels = np.arange(30) % 3
+    np.savez(tmp_path / "calibration.npz", input=rows, labels=labels.astype(np.float32))
+    calibration = CalibrationSpec(uri=(tmp_path / "calibration.npz").as_uri(), samples=12)
+    plan = make_plan(tiny_model.as_uri(), precision=Precision.FP32, calibration=calibration)
+    result = build(plan, bench=fast_bench, workdir=tmp_path)
+    with np.load(tmp_path / "store" / digest_hex(result.digest) / REPLAY_FILE) as golden:
+        assert sorted(golden.files) == ["input", "labels"]
+        assert np.array_equal(golden["input"], rows[:12])
+        assert golden["labels"].dtype == np.int64
+        assert np.array_equal(golden["labels"], labels[:12])
+
+
+SIGNATURE = Signature(
+    inputs=[TensorSpec(name="input", datatype=TensorDatatype.FP32, shape=[-1, 8])], outputs=[]
+)
+
+
+@pytest.mark.parametrize(
+    ("labels", "error"),
+    [
+        (
+            np.zeros(31, np.int64),
+            r"'labels' has 31 values for 32 samples: give one class index "
+            r"per sample",
+        ),
+        (
+            np.eye(32, 3),
+            r"'labels' has shape \[32, 3\]: give one class index per sample, "
+            r"shape \[32\] \(for one-hot or score rows, save labels.argmax",
+        ),
+        (np.full(32, 0.5), r"'labels' holds values that are not class indices"),
+        (np.full(32, -1), r"'labels' holds values that are not class indices"),
+        (np.full(32, np.nan), r"'labels' holds values that are not class indices"),
+        (np.array(["cat"] * 32), r"'labels' is <U3: give integer class indices"),
+        (np.ones(32, bool), r"'labels' is bool: give integer class indices"),
+    ],
+)
+def test_a_labels_array_that_is_no_class_per_sample_fails_the_build(
+    tmp_path: Path, labels: np.ndarray, error: str
+) -> None:
+    rows = np.zeros((32, 8), np.float32)
+    np.savez(tmp_path / "calibration.npz", input=rows, labels=labels)
+    with pytest.raises(BuildError, match=error) as failed:
+        samples.load_npz(tmp_path / "calibration.npz", SIGNATURE, limit=8)
+    assert failed.value.reason == "InvalidCalibration"
+
+
+def test_an_input_named_labels_stays_an_input(tmp_path: Path) -> None:
+    signature = Signature(
+        inputs=[TensorSpec(name="labels", datatype=TensorDatatype.INT64, shape=[-1, 2])],
+        outputs=[],
+    )
+    ids = np.arange(12).reshape(6, 2)
+    np.savez(tmp_path / "calibration.npz", labels=ids)
+    drawn = samples.load_npz(tmp_path / "calibration.npz", signature, limit=4)
+    assert drawn.labels is None
+    assert [f["labels"].tolist() for f in drawn.feeds] == [[[0, 1]], [[2, 3]], [[4, 5]], [[6, 7]]]
+    assert samples.write_golden_set(drawn, tmp_path / REPLAY_FILE) is not None
+    with np.load(tmp_path / REPLAY_FILE) as golden:
+        assert golden.files == ["labels"]
+        assert np.array_equal(golden["labels"], ids[:4])
+
+
 def test_a_model_with_a_fixed_batch_above_one_gets_no_golden_set(tmp_path: Path) -> None:
     """Its samples cannot be sent one by one, as replay sends them."""
     feeds = [{"x": np.zeros((4, 3), np.float32)}]
-    assert samples.write_golden_set(feeds, tmp_path / REPLAY_FILE) is None
+    assert samples.write_golden_set(samples.Samples(feeds), tmp_path / REPLAY_FILE) is None
     assert not (tmp_path / REPLAY_FILE).exists()
 
 

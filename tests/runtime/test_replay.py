@@ -1,14 +1,17 @@
-"""Replaying the golden set, without servers: which golden sets a pod can replay, and the rounds
-it sends (the canary is a stand-in recording what it was sent)."""
+"""Replaying the golden set, without servers: which golden sets a pod can replay, the rounds it
+sends (the canary is a stand-in recording what it was sent), and each revision's accuracy on a
+labelled golden set."""
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
 import modelfactory
 import numpy as np
+import onnxruntime as ort
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -128,7 +131,14 @@ def test_each_round_sends_the_next_rows_one_by_one_with_the_stables_output(
         "samples": 4,
         "reason": None,
         "requests": {"compared": 6, "dropped": 0, "failed": 0},
+        "labels": 0,
+        "labels_reason": None,
+        "accuracy": None,
     }
+    # No labels in the golden set: no labelled series at all (a zero would read as all wrong).
+    assert sample("modelship_mirror_labelled_rows_total", REPLAY_LABELS) is None
+    stable_side = {**REPLAY_LABELS, "side": "stable"}
+    assert sample("modelship_mirror_correct_rows_total", stable_side) is None
 
 
 def test_replay_runs_on_its_own_thread_and_stops_at_once(model: OnnxModel, tmp_path: Path) -> None:
@@ -157,3 +167,91 @@ def test_a_row_the_stable_fails_on_counts_as_failed(model: OnnxModel, tmp_path: 
     replay.round()
     assert canary.jobs == []
     assert replay.status()["requests"] == {"compared": 0, "dropped": 0, "failed": 2}
+
+
+class PerturbedCanary(Recorder):
+    """A canary stand-in answering with :func:`modelfactory.perturbed_mlp`, in onnxruntime."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        path = modelfactory.perturbed_mlp(directory) / "model.onnx"
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def __call__(self, job: MirrorJob) -> Array:
+        super().__call__(job)
+        (answer,) = self.session.run(["probabilities"], dict(job.feeds))
+        return np.asarray(answer)
+
+
+def test_a_labelled_golden_set_counts_each_revisions_accuracy(
+    model: OnnxModel, tmp_path: Path
+) -> None:
+    registry = CollectorRegistry()
+    canary = PerturbedCanary(tmp_path / "perturbed")
+    x = rows(8)
+    # What each side answers, computed here: numpy for the stable, onnxruntime for the canary.
+    stable_class = modelfactory.reference(x)["probabilities"].argmax(axis=1)
+    canary_class = canary.session.run(["probabilities"], {"input": x})[0].argmax(axis=1)
+    assert (stable_class != canary_class).any(), "the perturbation must show"
+    labels = stable_class.copy()
+    labels[0] = (stable_class[0] + 1) % modelfactory.CLASSES  # a row the stable gets wrong
+    set_ = load_golden_set(golden(tmp_path, input=x, labels=labels), model.inputs)
+    assert set_.labels is not None
+    assert set_.labels.dtype == np.int64
+    replay = Replay(mirror(canary, registry), set_, model.predict, 60, samples=8)
+    replay.round()
+    replay.round()
+    want_stable = int((stable_class == labels).sum()) * 2
+    want_canary = int((canary_class == labels).sum()) * 2
+    assert want_stable != want_canary
+    assert 0 < want_canary < 16
+    sample = registry.get_sample_value
+    assert sample("modelship_mirror_labelled_rows_total", REPLAY_LABELS) == 16
+    correct = "modelship_mirror_correct_rows_total"
+    assert sample(correct, {**REPLAY_LABELS, "side": "stable"}) == want_stable
+    assert sample(correct, {**REPLAY_LABELS, "side": "canary"}) == want_canary
+    live = {**REPLAY_LABELS, "source": "live"}
+    assert sample("modelship_mirror_labelled_rows_total", live) is None
+    status = replay.status()
+    assert (status["labels"], status["labels_reason"]) == (8, None)
+    assert status["accuracy"] == {
+        "stable": pytest.approx(want_stable / 16),
+        "canary": pytest.approx(want_canary / 16),
+        "rows": 16,
+    }
+
+
+def test_labels_before_any_row_is_compared_show_no_accuracy_yet(
+    model: OnnxModel, tmp_path: Path
+) -> None:
+    registry = CollectorRegistry()
+    set_ = load_golden_set(golden(tmp_path, input=rows(2), labels=np.zeros(2, np.int64)),
+                           model.inputs)  # fmt: skip
+    replay = Replay(mirror(Recorder(), registry), set_, model.predict, 60, samples=2)
+    assert replay.status()["accuracy"] is None
+    assert registry.get_sample_value("modelship_mirror_labelled_rows_total", REPLAY_LABELS) == 0
+
+
+@pytest.mark.parametrize(
+    ("labels", "why"),
+    [
+        (np.zeros(3, np.int64), r"are int64 \[3\], not one int64 class per row \[4\]"),
+        (np.zeros(4, np.float64), r"are float64 \[4\], not one int64 class per row"),
+        (np.zeros((4, 1), np.int64), r"are int64 \[4, 1\], not one int64 class per row"),
+        (np.full(4, -1, np.int64), r"hold negative values"),
+    ],
+)
+def test_labels_that_do_not_fit_are_ignored_and_the_status_says_why(
+    model: OnnxModel, tmp_path: Path, labels: Array, why: str
+) -> None:
+    registry = CollectorRegistry()
+    set_ = load_golden_set(golden(tmp_path, input=rows(4), labels=labels), model.inputs)
+    assert set_.labels is None
+    replay = Replay(mirror(Recorder(), registry), set_, model.predict, 60, samples=4)
+    replay.round()
+    status = replay.status()
+    assert status["requests"]["compared"] == 4, "replayed all the same"
+    assert (status["labels"], status["accuracy"]) == (0, None)
+    assert status["labels_reason"].endswith("; replaying without accuracy")
+    assert re.search(why, status["labels_reason"])
+    assert registry.get_sample_value("modelship_mirror_labelled_rows_total", REPLAY_LABELS) is None

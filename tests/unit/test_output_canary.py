@@ -330,3 +330,44 @@ def test_nothing_is_mirrored_before_the_canary_has_a_ready_pod() -> None:
     world.settle()
     world.tick()
     assert world.plan().mirror is not None
+
+
+def labelled(rows: int, stable: int, canary: int) -> Agreements:
+    return Agreements(rows, 0, float(rows), 0.0, 0.0, rows, stable, canary)
+
+
+def test_a_labelled_golden_set_judges_accuracy_absolute_and_against_the_stable() -> None:
+    spec_ = analysis(replay={"minSamples": 16, "minAccuracy": 0.8, "maxAccuracyDrop": 0.05})
+    ok = judge(NO_CLIENTS, CLIENTS, spec_, "t", 30, outputs={REPLAY: labelled(32, 30, 29)})
+    assert ok.verdict is PASS, ok.message
+    assert "replay: accuracy 90.62% (stable 93.75%) on 32 labelled rows" in ok.message
+    dropped = judge(NO_CLIENTS, CLIENTS, spec_, "t", 30, outputs={REPLAY: labelled(32, 32, 28)})
+    assert dropped.verdict is FAIL
+    assert "12.5 points below the stable > maxAccuracyDrop 5.0" in dropped.message
+    low = judge(NO_CLIENTS, CLIENTS, spec_, "t", 30, outputs={REPLAY: labelled(32, 25, 24)})
+    assert low.verdict is FAIL
+    assert "below minAccuracy 80.00%" in low.message
+    few = judge(NO_CLIENTS, CLIENTS, spec_, "t", 30, outputs={REPLAY: labelled(8, 8, 8)})
+    assert few.verdict is INCONCLUSIVE
+
+
+def test_without_labels_an_accuracy_replay_check_judges_agreement_and_says_so() -> None:
+    spec_ = analysis(replay={"minAccuracy": 0.8})
+    result = judge(NO_CLIENTS, CLIENTS, spec_, "t", 30, outputs={REPLAY: compared([0.9] * 32)})
+    assert result.verdict is FAIL
+    assert "(the golden set has no labels: agreement judged)" in result.message
+
+
+def test_labelled_rows_and_correct_rows_are_read_per_side() -> None:
+    text = """\
+# TYPE modelship_mirror_labelled_rows counter
+modelship_mirror_labelled_rows_total{revision="s",canary="c",source="replay"} 32
+# TYPE modelship_mirror_correct_rows counter
+modelship_mirror_correct_rows_total{revision="s",canary="c",source="replay",side="stable"} 31
+modelship_mirror_correct_rows_total{revision="s",canary="c",source="replay",side="canary"} 27
+"""
+    seen = parse_metrics(text).mirrors[("c", REPLAY)]
+    assert (seen.labelled, seen.stable_correct, seen.canary_correct) == (32, 31, 27)
+    spec_ = analysis(source="prometheus", replay={"maxAccuracyDrop": 0.05})
+    names = {q.name for q in promql.analysis_queries(spec_, Target("ml", "m", "c", "s", 30))}
+    assert {"output.replay.labelled", "output.replay.canary_correct"} <= names

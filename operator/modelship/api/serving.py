@@ -141,6 +141,9 @@ MIRROR_HEADER = "modelship-mirror"
 """Request header a mirroring pod sets (value ``live`` or ``replay``): the canary counts such
 requests apart from its clients' (``modelship_mirror_served_total``), so its request metrics,
 and the analysis that reads them, see clients only."""
+REPLAY_LABELS = "labels"
+"""The array of true classes (one per sample) in a calibration file and in the golden set; an
+input of that name stays an input."""
 REPLAY_FILE = "golden.npz"
 """The artifact's golden set (the samples the build calibrated and validated with, one array
 per input name): what a mirroring pod replays to the canary."""

@@ -655,6 +655,26 @@ class ReplayCheck(APIModel):
         le=1_000_000,
         description="Compared replays needed for a verdict; fewer is Inconclusive.",
     )
+    min_accuracy: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="With a labelled golden set (a 'labels' array in the calibration .npz): "
+        "the canary's lowest passing top-1 accuracy on it (0-1), e.g. 0.9. Judged instead of "
+        "agreement when labels exist; without labels, agreement is judged.",
+    )
+    max_accuracy_drop: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="With a labelled golden set: how far the canary's accuracy may fall below "
+        "the stable's on the same rows (0-1; 0.02 is two points). Judged instead of agreement "
+        "when labels exist.",
+    )
+
+    @property
+    def judges_accuracy(self) -> bool:
+        return self.min_accuracy is not None or self.max_accuracy_drop is not None
 
 
 class AnalysisSpec(APIModel):

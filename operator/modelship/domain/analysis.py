@@ -49,6 +49,9 @@ MIRROR_REQUESTS_SAMPLE = "modelship_mirror_requests_total"
 MIRROR_COSINE_SUM_SAMPLE = "modelship_mirror_cosine_sum"
 MIRROR_TOP1_AGREEMENTS_SAMPLE = "modelship_mirror_top1_agreements_total"
 MIRROR_TOP1_ROWS_SAMPLE = "modelship_mirror_top1_rows_total"
+MIRROR_LABELLED_SAMPLE = "modelship_mirror_labelled_rows_total"
+MIRROR_CORRECT_SAMPLE = "modelship_mirror_correct_rows_total"
+CORRECT_FIELDS = ("stable_correct", "canary_correct")
 OUTPUT_PSI_SAMPLE = "modelship_mirror_output_psi"
 OUTPUT_VALUES_SAMPLE = "modelship_mirror_output_values"
 LIVE, REPLAY = "live", "replay"
@@ -84,6 +87,10 @@ class Agreements:
     cosine_sum: float = 0.0
     top1_agreements: float = 0.0
     top1_rows: float = 0.0
+    labelled: float = 0.0
+    """Replayed rows with a label (a labelled golden set)."""
+    stable_correct: float = 0.0
+    canary_correct: float = 0.0
 
     def __add__(self, other: Agreements) -> Agreements:
         return Agreements(*(a + b for a, b in zip(self._values(), other._values(), strict=True)))
@@ -92,7 +99,17 @@ class Agreements:
         return Agreements(*(a - b for a, b in zip(self._values(), other._values(), strict=True)))
 
     def _values(self) -> tuple[float, ...]:
-        return (self.compared, self.failed, self.cosine_sum, self.top1_agreements, self.top1_rows)
+        return (
+            self.compared, self.failed, self.cosine_sum, self.top1_agreements, self.top1_rows,
+            self.labelled, self.stable_correct, self.canary_correct,
+        )  # fmt: skip
+
+    def accuracy(self, side: str) -> float | None:
+        """Top-1 accuracy of one side (stable or canary) on the labelled rows; None without."""
+        if self.labelled <= 0:
+            return None
+        correct = self.stable_correct if side == "stable" else self.canary_correct
+        return correct / self.labelled
 
     @property
     def reset(self) -> bool:
@@ -298,6 +315,8 @@ _MIRROR_FIELDS = {
     MIRROR_COSINE_SUM_SAMPLE: "cosine_sum",
     MIRROR_TOP1_AGREEMENTS_SAMPLE: "top1_agreements",
     MIRROR_TOP1_ROWS_SAMPLE: "top1_rows",
+    MIRROR_LABELLED_SAMPLE: "labelled",
+    MIRROR_CORRECT_SAMPLE: "",
 }
 
 
@@ -306,7 +325,12 @@ def _add_mirror_sample(
 ) -> None:
     key = (sample.labels.get("canary", ""), sample.labels.get("source", LIVE))
     name = _MIRROR_FIELDS[sample.name]
-    if not name:
+    if sample.name == MIRROR_CORRECT_SAMPLE:
+        side = sample.labels.get("side", "")
+        if side not in ("stable", "canary"):
+            return
+        name = f"{side}_correct"
+    elif not name:
         name = sample.labels.get("outcome", "")
         if name not in ("compared", "failed"):
             return  # dropped: the stable's own queue was full, nothing about the canary
@@ -580,6 +604,8 @@ def _output_check(
             f"requests ({seen.failed / tried:.2%} > {failures_allowed:.2%})"
         )
         return _check(name, seen.failed / tried, failures_allowed, True, tried, message)
+    if isinstance(check, ReplayCheck) and check.judges_accuracy and seen.labelled > 0:
+        return _accuracy_check(name, check, seen)
     value = seen.value(check.metric)
     if seen.compared < check.min_samples or value is None:
         message = (
@@ -588,11 +614,44 @@ def _output_check(
         )
         return _inconclusive(name, check.min, seen.compared, message)
     below = value < check.min
+    unlabelled = (
+        " (the golden set has no labels: agreement judged)"
+        if isinstance(check, ReplayCheck) and check.judges_accuracy
+        else ""
+    )
     message = (
         f"{name}: {metric} {value:.4f} {'<' if below else '>='} {check.min:.4f} on "
-        f"{_number(seen.compared)} {what} requests"
+        f"{_number(seen.compared)} {what} requests{unlabelled}"
     )
     return _check(name, value, check.min, below, seen.compared, message)
+
+
+def _accuracy_check(name: str, check: ReplayCheck, seen: Agreements) -> CheckResult:
+    """A labelled golden set: the canary's top-1 accuracy, absolute and against the stable's
+    on the same rows."""
+    canary, stable = seen.accuracy("canary"), seen.accuracy("stable")
+    if seen.labelled < check.min_samples or canary is None or stable is None:
+        message = (
+            f"{name}: {_number(seen.labelled)} labelled rows replayed < minSamples "
+            f"{_number(check.min_samples)}"
+        )
+        return _inconclusive(name, check.min_accuracy or 0.0, seen.labelled, message)
+    said = (
+        f"{name}: accuracy {canary:.2%} (stable {stable:.2%}) on {_number(seen.labelled)} "
+        "labelled rows"
+    )
+    if check.min_accuracy is not None and canary < check.min_accuracy:
+        message = f"{said}: below minAccuracy {check.min_accuracy:.2%}"
+        return _check(name, canary, check.min_accuracy, True, seen.labelled, message)
+    drop = stable - canary
+    if check.max_accuracy_drop is not None and drop > check.max_accuracy_drop:
+        message = (
+            f"{said}: {drop * 100:.1f} points below the stable > maxAccuracyDrop "
+            f"{check.max_accuracy_drop * 100:.1f}"
+        )
+        return _check(name, canary, check.max_accuracy_drop, True, seen.labelled, message)
+    threshold = check.min_accuracy if check.min_accuracy is not None else stable
+    return _check(name, canary, threshold, False, seen.labelled, said)
 
 
 def _drift_check(check: OutputDriftCheck, drift: Drift | None) -> CheckResult:
@@ -763,7 +822,7 @@ def judge_answers(
         source: Agreements(
             **{
                 field: value(promql.output_query_name(source, field)) or 0.0
-                for field in ("compared", "failed", *promql.MIRROR_SERIES)
+                for field in ("compared", "failed", *promql.MIRROR_SERIES, *CORRECT_FIELDS)
             }
         )
         for source in promql.OUTPUT_SOURCES.values()

@@ -29,7 +29,9 @@ MIRROR_SERIES = {
     "cosine_sum": "modelship_mirror_cosine_sum",
     "top1_agreements": "modelship_mirror_top1_agreements_total",
     "top1_rows": "modelship_mirror_top1_rows_total",
+    "labelled": "modelship_mirror_labelled_rows_total",
 }
+MIRROR_CORRECT = "modelship_mirror_correct_rows_total"
 OUTPUT_SOURCES = {"agreement": "live", "replay": "replay"}
 OUTPUT_PSI = "output.drift.psi"
 OUTPUT_VALUES = "output.drift.values"
@@ -180,6 +182,10 @@ def _output_queries(
             series = selector(metric, labels)
             queries.append(Query(output_query_name(source, field), _increase(series, window),
                                  (check,)))  # fmt: skip
+        for side in ("stable", "canary"):
+            series = selector(MIRROR_CORRECT, labels | {"side": side})
+            queries.append(Query(output_query_name(source, f"{side}_correct"),
+                                 _increase(series, window), (check,)))  # fmt: skip
     drift = analysis.output_drift
     if drift is not None:
         labels = {

@@ -158,22 +158,22 @@ def _candidates(
     return out
 
 
-def _feeds(plan: BuildPlan, original: Path, sources: Sources) -> list[samples.Feed]:
+def _samples(plan: BuildPlan, original: Path, sources: Sources) -> samples.Samples:
     signature = signature_of(original)
     calibration = plan.optimization.calibration
     if calibration is not None and sources.calibration is not None:
-        feeds = samples.load_npz(sources.calibration.path, signature, calibration.samples)
+        drawn = samples.load_npz(sources.calibration.path, signature, calibration.samples)
     else:
         count = samples.GENERATED_SAMPLES
-        feeds = samples.generate(
-            signature, min(calibration.samples, count) if calibration else count
+        drawn = samples.Samples(
+            samples.generate(signature, min(calibration.samples, count) if calibration else count)
         )
-    if not feeds:
+    if not drawn.feeds:
         raise BuildError(
             "the calibration file has no samples; add at least one row per input",
             reason="InvalidCalibration",
         )
-    return feeds
+    return drawn
 
 
 def _try_variants(
@@ -183,16 +183,17 @@ def _try_variants(
     work: Path,
     bench: BenchSettings,
     progress: Progress,
-) -> tuple[list[Candidate], list[samples.Feed]]:
-    """Every wanted variant of the checked (and pruned) model, judged, and the sample inputs
-    they were judged on."""
-    feeds = _feeds(plan, original, sources)
+) -> tuple[list[Candidate], samples.Samples]:
+    """Every wanted variant of the checked (and pruned) model, judged, and the samples they
+    were judged on."""
+    drawn = _samples(plan, original, sources)
+    feeds = drawn.feeds
     base, sparsity = original, None
     if plan.optimization.pruning.sparsity > 0:
         base = work / "pruned.onnx"
         sparsity = optimize.prune(original, base, plan.optimization.pruning.sparsity)
         progress(f"pruned weights to sparsity {sparsity:.3f}")
-    return _candidates(plan, base, work, feeds, sparsity, progress, bench, original), feeds
+    return _candidates(plan, base, work, feeds, sparsity, progress, bench, original), drawn
 
 
 def _manifest(
@@ -299,14 +300,14 @@ def _optimize_and_publish(
     store: Store,
     started: float,
 ) -> BuildResult:
-    candidates, feeds = _try_variants(plan, original, sources, work, bench, progress)
+    candidates, drawn = _try_variants(plan, original, sources, work, bench, progress)
     chosen = choose(plan.optimization, candidates)
     assert chosen.path is not None  # choose() only returns built variants
     manifest = _manifest(
-        plan, index, sources.model, chosen.report, chosen.path, candidates, feeds
+        plan, index, sources.model, chosen.report, chosen.path, candidates, drawn.feeds
     )
     elapsed = time.monotonic() - started
-    golden = samples.write_golden_set(feeds, work / REPLAY_FILE)
+    golden = samples.write_golden_set(drawn, work / REPLAY_FILE)
     progress(f"publishing {chosen.report.name} to {store.uri} (built in {elapsed:.1f}s)")
     uri = store.publish(index.digest, chosen.path, manifest, golden)
     store.put_index(plan.request_key, index)

@@ -59,6 +59,7 @@ COSINE_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
 ABS_ERROR_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5, 1.0, 10.0)
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 SERIES_LABELS = ("model", "revision", "canary", "source")
+SIDES = ("stable", "canary")
 OUTPUT_DRIFT_BINS = 10
 OUTPUT_DRIFT_MIN_VALUES = 100
 """Values per side below which a pair and source has no output drift series: a PSI over a
@@ -169,6 +170,15 @@ def compare(stable: Array, canary: Array) -> Agreement:
     return Agreement(cosine(a, b), max_abs_error(a, b), agree, rows)
 
 
+def label_hits(label: int, stable: Array, canary: Array) -> tuple[bool, bool] | None:
+    """Whether the stable's and the canary's arg-max over the class axis is ``label``, for the
+    output of one request of one row ([C] or [1, C]); None when it has no class axis (a last
+    axis of one element, a scalar) or more than one row, where one label does not apply."""
+    if not stable.ndim or stable.shape[-1] < 2 or stable.size != stable.shape[-1]:
+        return None
+    return int(np.argmax(stable)) == label, int(np.argmax(canary)) == label
+
+
 def input_sha256(feeds: Mapping[str, Array]) -> str:
     """sha256 over the inputs in name order, each as name, datatype, shape (comma-separated)
     and raw little-endian bytes, NUL-separated: equal requests hash equal, whatever the wire
@@ -194,6 +204,8 @@ class MirrorJob:
     size: int
     """Input bytes, what the job holds of the queue's byte budget (0: not queued)."""
     source: str = LIVE
+    label: int | None = None
+    """The true class of a labelled golden row (replay only)."""
 
 
 def encode_request(job: MirrorJob, output: str) -> tuple[bytes, int]:
@@ -338,6 +350,20 @@ class MirrorMetrics:
             names,
             registry=registry,
         )
+        self.labelled_rows = Counter(
+            "modelship_mirror_labelled_rows",
+            "Compared replayed rows with a true class (the golden set's labels) and a class "
+            "axis: the denominator of each revision's accuracy.",
+            names,
+            registry=registry,
+        )
+        self.correct_rows = Counter(
+            "modelship_mirror_correct_rows",
+            "Labelled replayed rows whose arg-max (over the last axis) is the true class, by "
+            "side (stable or canary).",
+            [*names, "side"],
+            registry=registry,
+        )
         self.output_drift = OutputDriftCollector()
         registry.register(self.output_drift)
 
@@ -357,9 +383,27 @@ class MirrorSeries:
         self.top1_agreements = metrics.top1_agreements.labels(*labels)
         self.top1_rows = metrics.top1_rows.labels(*labels)
         self.outputs = OutputWindow(window)
+        self._metrics = metrics
         self._labels = labels
         self._drift = metrics.output_drift
         self._drift.track(labels, self.outputs)
+        self._labelled: LabelledRows | None = None
+
+    def count_labels(self) -> None:
+        """Count labelled rows from now on. Only then do the pair's labelled series exist: a
+        golden set without labels gets none, where a zero would read as "all wrong"."""
+        self._labelled = LabelledRows(self._metrics, self._labels)
+
+    def record_label(self, label: int, stable: Array, canary: Array) -> None:
+        """Whether each side got a labelled row's class; nothing unless labels are counted
+        and the output has one row of classes."""
+        hits = label_hits(label, stable, canary)
+        if self._labelled is not None and hits is not None:
+            self._labelled.add(*hits)
+
+    def accuracy(self) -> dict[str, float] | None:
+        """Each side's share of labelled rows right so far, and how many; None before any."""
+        return None if self._labelled is None else self._labelled.accuracy()
 
     def record(self, agreement: Agreement) -> None:
         """The figures of one compared request (its outcome is counted by the caller)."""
@@ -372,6 +416,35 @@ class MirrorSeries:
     def close(self) -> None:
         """Stop exporting this pair's output drift (see :class:`OutputDriftCollector`)."""
         self._drift.forget(self._labels, self.outputs)
+
+
+class LabelledRows:
+    """The labelled rows of one pair and source: the counters' children, and this mirror's own
+    tally for ``GET /v2/mirror`` (the children may carry a previous plan's counts of the same
+    pair)."""
+
+    def __init__(self, metrics: MirrorMetrics, labels: tuple[str, ...]) -> None:
+        self.rows_counter = metrics.labelled_rows.labels(*labels)
+        self.correct_counters = {side: metrics.correct_rows.labels(*labels, side) for side in SIDES}
+        self._rows = 0
+        self._correct = dict.fromkeys(SIDES, 0)
+        self._lock = threading.Lock()
+
+    def add(self, stable: bool, canary: bool) -> None:
+        with self._lock:
+            self._rows += 1
+            for side, hit in zip(SIDES, (stable, canary), strict=True):
+                self._correct[side] += hit
+        self.rows_counter.inc()
+        for side, hit in zip(SIDES, (stable, canary), strict=True):
+            if hit:
+                self.correct_counters[side].inc()
+
+    def accuracy(self) -> dict[str, float] | None:
+        with self._lock:
+            if not self._rows:
+                return None
+            return {**{s: self._correct[s] / self._rows for s in SIDES}, "rows": self._rows}
 
 
 # --- output drift ----------------------------------------------------------------------------
@@ -659,6 +732,8 @@ class Mirror:
         series.outputs.add(job.stable, canary)
         self._count(job.source, "compared")
         series.record(agreement)
+        if job.label is not None:
+            series.record_label(job.label, job.stable, canary)
         if agreement.cosine < self.config.example_cosine or (
             agreement.top1_agree < agreement.top1_rows
         ):

@@ -34,7 +34,13 @@ from modelship_runtime.serve.mirror import (
     Sender,
 )
 from modelship_runtime.serve.model import OnnxModel
-from modelship_runtime.serve.replay import GoldenSet, GoldenSetUnusable, Replay, load_golden_set
+from modelship_runtime.serve.replay import (
+    GoldenSet,
+    GoldenSetUnusable,
+    Replay,
+    labels_status,
+    load_golden_set,
+)
 from modelship_runtime.serve.settings import ServeSettings
 
 log = logging.getLogger("modelship_runtime.serve.mirror")
@@ -225,6 +231,7 @@ class MirrorControl:
             "samples": golden.rows if isinstance(golden, GoldenSet) else 0,
             "reason": following.replay_off,
             "requests": following.mirror.counts(REPLAY),
+            **labels_status(golden if isinstance(golden, GoldenSet) else None, None),
         }
 
     def _idle(self, reason: str) -> None:
