@@ -545,7 +545,8 @@ class CanaryStep(APIModel):
         le=100,
         description="Percent of the stable's client requests also sent to the canary, whose "
         "answers are compared with the stable's and thrown away (never returned to a client), "
-        "e.g. 20. Empty: analysis.agreement.mirror when agreement is checked, else none.",
+        "e.g. 20. Empty: analysis.agreement.mirror when agreement is checked, 10 for a live "
+        "outputDrift alone, else none.",
     )
     pause: Duration | None = Field(
         default=None,
@@ -621,8 +622,9 @@ class OutputDriftCheck(APIModel):
     )
     source: ComparedSource = Field(
         default=ComparedSource.LIVE,
-        description="live: mirrored client requests (needs agreement or a step's mirror); "
-        "replay: the golden set (needs replay).",
+        description="live: mirrored client requests (mirrored at agreement.mirror, or 10 % "
+        "without agreement, at steps without their own mirror); replay: the golden set "
+        "(replayed with the replay settings, or their defaults without replay).",
     )
     min_values: int = Field(
         default=1000,
