@@ -102,7 +102,7 @@ INVALID_CASES = [
     ),
     InvalidCase("sha256-short", "spec.model.sha256", _set("spec.model.sha256", "abc123")),
     InvalidCase("sha256-uppercase", "spec.model.sha256", _set("spec.model.sha256", "A" * 64)),
-    InvalidCase("format-unknown", "spec.model.format", _set("spec.model.format", "tensorflow")),
+    InvalidCase("format-unknown", "spec.model.format", _set("spec.model.format", "caffe")),
     InvalidCase(
         "pickle-without-opt-in", "spec.model.allowPickle", _set("spec.model.format", "sklearn")
     ),

@@ -18,6 +18,12 @@ from localkube.cluster import Cluster, log
 
 RUNTIME_IMAGE = "modelship-runtime:dev"
 OPERATOR_IMAGE = "modelship-operator:dev"
+CONVERTER_IMAGES = {
+    "torch": "modelship-convert-torch:dev",
+    "tensorflow": "modelship-convert-tensorflow:dev",
+}
+"""The build Jobs' convert step images for framework formats. They keep their ``:dev`` tags in
+the chart: only new build pods run them, and a rebuilt image is loaded under the same name."""
 RELEASE = "modelship"
 OPERATOR_NAMESPACE = "modelship-system"
 MODELS_PVC = "modelship-models"
@@ -51,6 +57,16 @@ def build_and_load_images(cluster: Cluster) -> None:
         cluster.load_docker_image(content_tag)
 
 
+def build_and_load_converter_images(cluster: Cluster) -> None:
+    """Build the converter images (GBs: PyTorch, TensorFlow; cached by input hash) and load
+    them into the node, for the build Jobs of framework formats."""
+    for family, tag in CONVERTER_IMAGES.items():
+        started = time.monotonic()
+        subprocess.run(["bash", str(BUILD_IMAGE_SCRIPT), f"convert-{family}", tag], check=True)
+        log(f"image {tag} ready in {time.monotonic() - started:.0f}s")
+        cluster.load_docker_image(tag)
+
+
 def helm_install(
     cluster: Cluster,
     namespaces: list[str],
@@ -75,6 +91,11 @@ def helm_install(
         "runtimeImage.repository": runtime_image.split(":")[0],
         "runtimeImage.tag": runtime_image.split(":")[1],
         "runtimeImage.pullPolicy": "Never",
+        **{
+            f"converterImages.{family}.{part}": value
+            for family, tag in CONVERTER_IMAGES.items()
+            for part, value in zip(("repository", "tag"), tag.split(":"), strict=True)
+        },
         # Two operator pods: one leads, one stands by (leader election on a Lease).
         "replicaCount": "2",
         "store.pvc.name": STORE_PVC,

@@ -200,8 +200,10 @@ def test_job_reports_failure_in_termination_log(
 
 
 def test_job_rejects_invalid_plan(tmp_path: Path) -> None:
-    plan = {"source": {"uri": "file:///m.bin", "format": "pytorch"}, "store": {"uri": "file:///s"}}
+    plan = {"source": {"uri": "file:///m.bin", "format": "caffe"}, "store": {"uri": "file:///s"}}
     proc, message = _job(json.dumps(plan), tmp_path)
     assert proc.returncode == 2
     assert message["reason"] == "InvalidPlan"
-    assert "'onnx' or 'sklearn'" in str(message["error"])
+    assert "'onnx', 'sklearn', 'pytorch', 'tensorflow', 'keras' or 'tflite'" in str(
+        message["error"]
+    )

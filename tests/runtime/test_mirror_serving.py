@@ -37,10 +37,12 @@ PERTURBED_PSI = 0.015
 """Output PSI bounds: a faithful canary's below the first, the perturbed one's above the second."""
 
 
-def sample(server: ServerProcess, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
+def sample(server: ServerProcess, name: str, scrape: str | None = None, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (in ``scrape``, one
+    /metrics text, when given: several figures of one moment)."""
     total = 0.0
-    for line in httpx.get(server.metrics_url, timeout=5).text.splitlines():
+    text = scrape if scrape is not None else httpx.get(server.metrics_url, timeout=5).text
+    for line in text.splitlines():
         if not line.startswith(name + "{"):
             continue
         head, value = line.rsplit(" ", 1)
@@ -398,16 +400,18 @@ def test_the_golden_set_is_replayed_without_any_client_traffic(
 
     replayed = {"canary": "canary-2", "source": "replay"}
 
-    def rounds() -> int | None:
-        """Full rounds replayed so far, once at least two are and none is half-way."""
-        count = sample(stable, "modelship_mirror_cosine_count", **replayed)
-        return int(count // 4) if count >= 8 and count % 4 == 0 else None
+    def rounds() -> tuple[int, str] | None:
+        """Full rounds replayed so far, once at least two are and none is half-way, with the
+        scrape that says so (the next round may start any moment: read all figures there)."""
+        scrape = httpx.get(stable.metrics_url, timeout=5).text
+        count = sample(stable, "modelship_mirror_cosine_count", scrape, **replayed)
+        return (int(count // 4), scrape) if count >= 8 and count % 4 == 0 else None
 
-    done = wait_for(rounds, "two rounds of the golden set")
-    cosine_sum = sample(stable, "modelship_mirror_cosine_sum", **replayed)
+    done, scrape = wait_for(rounds, "two rounds of the golden set")
+    cosine_sum = sample(stable, "modelship_mirror_cosine_sum", scrape, **replayed)
     assert cosine_sum == pytest.approx(done * cosines.sum(), abs=1e-4)
-    assert sample(stable, "modelship_mirror_top1_rows_total", **replayed) == 4 * done
-    assert sample(stable, "modelship_mirror_top1_agreements_total", **replayed) == (
+    assert sample(stable, "modelship_mirror_top1_rows_total", scrape, **replayed) == 4 * done
+    assert sample(stable, "modelship_mirror_top1_agreements_total", scrape, **replayed) == (
         done * agree.sum()
     )
     assert outcomes(stable, **replayed)["failed"] == 0

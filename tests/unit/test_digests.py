@@ -29,6 +29,26 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 STORE = ArtifactStore(uri="file:///artifacts")
 
 GOLDEN: dict[str, dict[str, str | None]] = {
+    "keras-mlp.yaml": {
+        "plan_key": "9eb669e37e301293981afaed07b73fda2a5e0277b62be324560675b7e60abd46",
+        "request_key": "e0a2d8aa141911d1b231733517efdc21e48713de578d325247cb889c936a14df",
+        "pinned_digest": None,
+    },
+    "pytorch-cnn.yaml": {
+        "plan_key": "fb30d38b5dfe07bac54c0968f02fb1f3d5e0943abe9bfb1c81a5819b5e03c845",
+        "request_key": "d51af6fe9e6f69126b49d8d5a18bd7ff29f0afff2a726d8e4ceda7f7872494c6",
+        "pinned_digest": None,
+    },
+    "tensorflow-savedmodel.yaml": {
+        "plan_key": "31f06dbef0a5e0ce86fd39b24651610148ecb15ed377390d7422fb5267cc69b0",
+        "request_key": "e6f77b1a13bffc01d378ad92937b8e3f0cd69ebaad386bf30f7345190e8ecc9b",
+        "pinned_digest": None,
+    },
+    "tflite-mlp.yaml": {
+        "plan_key": "6785086cbab98ff62ffea6bde52f279db62b16d68b87e78fc8ea3d12dd1722d4",
+        "request_key": "e5f792c0f116cd9c0a8106a80ff1f062f20fd04061f022eb9f49d67d4cf90b1e",
+        "pinned_digest": None,
+    },
     "canary.yaml": {
         "plan_key": "e17d29dd020c6495cf17e784eed65da855072da2ae19d2810fd6e2bad64d4b16",
         "request_key": "871abbb30352e552d9dcc559afde6e253877ec1ab7bf77c86ad520692aaa8a39",

@@ -356,3 +356,33 @@ def test_hash_changes_only_for_the_object_whose_content_changed() -> None:
 
     a, b = hashes(spec()), hashes(spec(scaling={"maxReplicas": 9}))
     assert {k for k in a if a[k] != b[k]} == {"HorizontalPodAutoscaler/sentiment"}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "image"),
+    [
+        ("pytorch", "modelship-convert-torch:7"),
+        ("tensorflow", "modelship-convert-tensorflow:7"),
+        ("keras", "modelship-convert-tensorflow:7"),
+        ("tflite", "modelship-convert-tensorflow:7"),
+        ("onnx", "modelship-runtime:7"),
+    ],
+)
+def test_the_convert_step_of_a_framework_model_runs_in_its_converter_image(
+    fmt: str, image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the convert step needs the framework: fetch and publish stay on the runtime image,
+    and the serving image never carries one."""
+    monkeypatch.setenv("MODELSHIP_RUNTIME_IMAGE", "modelship-runtime:7")
+    monkeypatch.setenv("MODELSHIP_TORCH_CONVERTER_IMAGE", "modelship-convert-torch:7")
+    monkeypatch.setenv("MODELSHIP_TENSORFLOW_CONVERTER_IMAGE", "modelship-convert-tensorflow:7")
+    s = spec(model={"uri": "s3://team/model.bin", "format": fmt})
+    steps = containers(build_pod(s, Settings()))
+    assert steps["convert"]["image"] == image
+    assert steps["fetch"]["image"] == steps["builder"]["image"] == "modelship-runtime:7"
+    # The framework's home (Keras writes ~/.keras) is the step's own scratch, not the image.
+    assert {"name": "HOME", "value": "/tmp"} in steps["convert"]["env"]
+    assert mounts(steps["convert"])["convert"]["mountPath"] == "/tmp"
+    assert deployment(s)["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "modelship-runtime:7"
+    )

@@ -141,3 +141,18 @@ def test_where_builds_may_fetch_from_is_the_operators_setting(monkeypatch: Any) 
     monkeypatch.setenv("MODELSHIP_CLUSTER_CIDRS", "not-a-cidr")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_a_pickled_pytorch_module_needs_the_operators_permission_an_export_does_not(
+    monkeypatch: Any,
+) -> None:
+    store = Settings().artifact_store()
+    exported = spec(uri="s3://b/cnn.pt2", format="pytorch")
+    pickled = spec(uri="s3://b/cnn.pt", format="pytorch", allowPickle=True)
+    assert build_target(exported, store, Settings().build_policy()).refusal is None
+    refused = build_target(pickled, store, Settings().build_policy()).refusal
+    assert refused is not None
+    assert "MODELSHIP_ALLOW_PICKLE" in refused
+    assert "torch.export.save" in refused
+    monkeypatch.setenv("MODELSHIP_ALLOW_PICKLE", "true")
+    assert build_target(pickled, store, Settings().build_policy()).refusal is None

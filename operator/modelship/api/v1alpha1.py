@@ -65,6 +65,16 @@ class ModelFormat(StrEnum):
 
     ONNX = "onnx"
     SKLEARN = "sklearn"
+    PYTORCH = "pytorch"
+    TENSORFLOW = "tensorflow"
+    KERAS = "keras"
+    TFLITE = "tflite"
+
+
+FRAMEWORK_FORMATS = frozenset(
+    {ModelFormat.PYTORCH, ModelFormat.TENSORFLOW, ModelFormat.KERAS, ModelFormat.TFLITE}
+)
+"""Formats converted in a converter image (the framework's own runtime), not the runtime image."""
 
 
 class TensorDatatype(StrEnum):
@@ -132,8 +142,12 @@ class ModelSource(APIModel):
     )
     format: ModelFormat = Field(
         default=ModelFormat.ONNX,
-        description="Format of the model at uri: onnx, or sklearn (a pickled scikit-learn "
-        "estimator or pipeline, converted with skl2onnx).",
+        description="Format of the model at uri: onnx; sklearn (a pickled scikit-learn "
+        "estimator or pipeline, converted with skl2onnx); pytorch (a torch.export archive, "
+        ".pt2, or with allowPickle a whole module saved with torch.save); tensorflow (a "
+        "SavedModel directory in a .tar/.tar.gz/.zip, with a serving signature); keras (a "
+        ".keras file); tflite (a TF Lite .tflite flatbuffer). Framework models are converted "
+        "to ONNX with torch.onnx / tf2onnx and checked against the framework's own outputs.",
     )
     sha256: str | None = Field(
         default=None,
@@ -144,14 +158,17 @@ class ModelSource(APIModel):
     )
     allow_pickle: bool = Field(
         default=False,
-        description="Allow unpickling for format sklearn. Unpickling runs code from the "
-        "model file, so only enable it for sources you trust.",
+        description="Allow unpickling: needed for format sklearn, and for format pytorch "
+        "when the file is a whole module saved with torch.save rather than a torch.export "
+        "archive. Unpickling runs code from the model file, so only enable it for sources you "
+        "trust.",
     )
     inputs: list[TensorSpec] | None = Field(
         default=None,
         max_length=64,
-        description="Input signature, when the model does not declare it (sklearn) or "
-        "declares it only partly.",
+        description="Input signature, when the model does not declare it (sklearn, a pickled "
+        "PyTorch module) or declares it only partly. Dimensions of -1 are dynamic (keep the "
+        "first one -1 so requests can be batched).",
     )
     s3: S3Settings | None = Field(default=None, description="Settings for s3:// URIs.")
 

@@ -224,11 +224,16 @@ def _builder_container(step: str, spec: ModelDeploymentSpec, settings: Settings)
         env.append({"name": "AWS_EC2_METADATA_DISABLED", "value": "true"})
         if step == "fetch":
             env += _secret_env(spec.model.s3.secret_name if spec.model.s3 else None)
+        if step == "convert":
+            # Frameworks keep caches and settings under $HOME (Keras' ~/.keras): the root
+            # filesystem is read-only, so the convert step's own scratch is its home.
+            env.append({"name": "HOME", "value": "/tmp"})
     storage = _bytes(settings.build_download_limit) + 2 * _bytes(settings.build_scratch_limit)
     ephemeral = f"{(storage + LOG_ALLOWANCE) // 1024**2}Mi"
+    image = settings.converter_image(spec.model.format) if step == "convert" else None
     return {
         "name": "builder" if step == "publish" else step,
-        "image": settings.runtime_image,
+        "image": image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "modelship_runtime"],
         "args": _step_args(step),

@@ -443,7 +443,9 @@ def _stuck_builder(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                 return "BuildPodWaiting", _shorten(
                     f"builder pod {name} cannot start: {fault.reason}: {fault.message}; check "
                     + (
-                        "the runtime image (MODELSHIP_RUNTIME_IMAGE, chart values runtimeImage)"
+                        f"the image {fault.image or 'of the build'} (MODELSHIP_RUNTIME_IMAGE, "
+                        "chart values runtimeImage; for framework formats the converter images, "
+                        "MODELSHIP_*_CONVERTER_IMAGE, chart values converterImages)"
                         if fault.image_pull
                         else f"the Secrets and volumes the spec names: they must be in namespace "
                         f"{namespace}, a ModelDeployment can use no other namespace's"

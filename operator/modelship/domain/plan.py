@@ -19,6 +19,13 @@ PICKLE_REFUSED = (
     "(skl2onnx.to_onnx) and use format onnx, or ask the cluster's administrators to allow "
     "pickles (chart value build.allowPickle)"
 )
+TORCH_PICKLE_REFUSED = (
+    "allowPickle: true with format pytorch unpickles a whole module saved with torch.save, "
+    "which runs code from the file, and this operator does not build pickles "
+    "(MODELSHIP_ALLOW_PICKLE is false): export the model with torch.export.export and "
+    "torch.export.save (.pt2) and drop allowPickle, or ask the cluster's administrators to "
+    "allow pickles (chart value build.allowPickle)"
+)
 
 
 def serving_threads(spec: ModelDeploymentSpec) -> int:
@@ -98,6 +105,8 @@ def build_target(
     refusal = None
     if spec.model.format == ModelFormat.SKLEARN and not policy.allow_pickle:
         refusal = PICKLE_REFUSED
+    elif spec.model.format == ModelFormat.PYTORCH and spec.model.allow_pickle:
+        refusal = None if policy.allow_pickle else TORCH_PICKLE_REFUSED
     return BuildTarget(
         plan=plan, pinned_digest=plan.pinned_digest, request_key=plan.request_key, refusal=refusal
     )

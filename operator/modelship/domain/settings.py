@@ -16,7 +16,7 @@ from modelship.api.artifact import (
     SourceAccess,
 )
 from modelship.api.quantity import parse_quantity
-from modelship.api.v1alpha1 import S3Settings
+from modelship.api.v1alpha1 import ModelFormat, S3Settings
 from modelship.domain.plan import BuildPolicy
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     runtime_image: str = Field(
         default="modelship-runtime:0.1.0",
         description="Image with the builder and the server (python -m modelship_runtime).",
+    )
+    torch_converter_image: str = Field(
+        default="modelship-convert-torch:0.1.0",
+        description="Image of the convert step of builds with format pytorch: the runtime "
+        "image plus PyTorch (CPU) and onnxscript.",
+    )
+    tensorflow_converter_image: str = Field(
+        default="modelship-convert-tensorflow:0.1.0",
+        description="Image of the convert step of builds with format tensorflow, keras or "
+        "tflite: the runtime image plus TensorFlow (CPU) and tf2onnx.",
     )
     image_pull_policy: str = Field(default="IfNotPresent")
     store_pvc: str | None = Field(
@@ -137,6 +147,15 @@ class Settings(BaseSettings):
     pod_name: str | None = Field(
         default=None, description="This pod's name (downward API); part of the leader identity."
     )
+
+    def converter_image(self, fmt: ModelFormat) -> str:
+        """The image of a build's convert step: a framework's converter image for framework
+        formats, the runtime image (skl2onnx, onnx) for the others."""
+        if fmt == ModelFormat.PYTORCH:
+            return self.torch_converter_image
+        if fmt in (ModelFormat.TENSORFLOW, ModelFormat.KERAS, ModelFormat.TFLITE):
+            return self.tensorflow_converter_image
+        return self.runtime_image
 
     @field_validator("namespaces", "cluster_cidrs", mode="before")
     @classmethod

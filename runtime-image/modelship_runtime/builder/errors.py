@@ -10,6 +10,8 @@ REASONS = frozenset(
         "InvalidModel",
         "UnsupportedFormat",
         "PickleNotAllowed",
+        "ConversionFailed",
+        "ConversionMismatch",
         "InvalidCalibration",
         "OptimizationFailed",
         "AccuracyBudget",

@@ -26,8 +26,16 @@ from modelship.api.artifact import (
 )
 from modelship.api.serving import REPLAY_FILE
 from modelship.api.timestamps import format_time, now
-from modelship.api.v1alpha1 import GraphLevel, Precision
-from modelship_runtime.builder import archive, formats, handoff, optimize, samples, sessions
+from modelship.api.v1alpha1 import FRAMEWORK_FORMATS, GraphLevel, ModelFormat, Precision
+from modelship_runtime.builder import (
+    archive,
+    formats,
+    frameworks,
+    handoff,
+    optimize,
+    samples,
+    sessions,
+)
 from modelship_runtime.builder.benchmark import BenchSettings, measure
 from modelship_runtime.builder.convert import check_onnx, to_onnx
 from modelship_runtime.builder.errors import BuildError
@@ -57,7 +65,10 @@ def _quiet(_: str) -> None:
 
 def _tool_versions() -> dict[str, str]:
     versions = {"builder": BUILDER_VERSION, "python": platform.python_version()}
-    for dist in ("onnx", "onnxruntime", "numpy", "skl2onnx", "scikit-learn", "modelship"):
+    for dist in (
+        *("onnx", "onnxruntime", "numpy", "skl2onnx", "scikit-learn", "modelship"),
+        *("torch", "onnxscript", "tensorflow-cpu", "tf2onnx", "keras"),
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -65,13 +76,30 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
+def _zip_like(path: Path) -> bool:
+    """A zip archive, or what starts like one (a damaged one, which the framework reports)."""
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def _source_model(source: Path, plan: BuildPlan, work: Path, io: IOSettings) -> Path:
-    if not archive.is_archive(source):
+    fmt = plan.source.format
+    # A .pt2 and a .keras file are zip archives themselves (a .tar of one is unpacked).
+    if fmt in (ModelFormat.PYTORCH, ModelFormat.KERAS) and _zip_like(source):
         return source
-    if plan.source.format.value == "onnx" and source.suffix in (".pt", ".pth"):
+    if not archive.is_archive(source):
+        if fmt == ModelFormat.TENSORFLOW:
+            raise BuildError(
+                f"{redact_uri(plan.source.uri)} is one file, and a SavedModel is a directory "
+                "(saved_model.pb and variables/): pack the whole directory "
+                "(tar czf model.tar.gz -C <dir> .) and point spec.model.uri at the archive",
+                reason="InvalidModel",
+            )
+        return source
+    if fmt == ModelFormat.ONNX and source.suffix in (".pt", ".pth"):
         raise formats.unsupported(f"{redact_uri(plan.source.uri)} looks like a PyTorch checkpoint")
     root = archive.extract(source, work / "unpacked", io)
-    return formats.locate(root, plan.source.format, source.name)
+    return formats.locate(root, fmt, source.name)
 
 
 def _build_variant(
@@ -254,15 +282,41 @@ def fetch_sources(
     return Sources(model=_file(model), calibration=_file(data))
 
 
+def _from_framework(
+    plan: BuildPlan, sources: Sources, source: Path, original: Path, scratch: Path,
+    progress: Progress,
+) -> None:  # fmt: skip
+    """Convert with the framework's exporter, check the ONNX model, and compare it with the
+    original in its framework on the build's samples (the optimizer's accuracy budget)."""
+    converted = frameworks.convert(source, plan.source, scratch / "framework")
+    progress(f"converted with {converted.framework}; checking the ONNX model")
+    check_onnx(converted.onnx, original)
+    feeds = _samples(plan, original, sources).feeds
+    session = sessions.session(original, plan.threads, GraphLevel.DISABLED)
+    names = [o.name for o in session.get_outputs()]
+    outputs = [session.run(names, feed) for feed in feeds]
+    accuracy = frameworks.verify(converted, names, outputs, feeds, plan.optimization.accuracy)
+    progress(
+        f"the ONNX model computes what the {converted.framework} model does on "
+        f"{accuracy.samples} samples: cosine min {accuracy.cosine_min:.6f}, max abs error "
+        f"{accuracy.max_abs_error:.3g}"
+        + (f", top-1 {accuracy.top1_agreement:.4f}" if accuracy.top1_agreement is not None else "")
+    )
+
+
 def convert_source(
     plan: BuildPlan, sources: Sources, out: Path, scratch: Path, io: IOSettings, progress: Progress
 ) -> Path:
-    """The source as a checked ONNX model in ``out`` (unpickling happens here, if anywhere)."""
+    """The source as a checked ONNX model in ``out`` (unpickling and framework code run here,
+    if anywhere)."""
     progress(f"converting ({plan.source.format.value}) and checking the model")
     source = _source_model(sources.model.path, plan, scratch, io)
     out.mkdir(parents=True, exist_ok=True)
     original = out / handoff.ORIGINAL_FILE
-    to_onnx(source, plan.source, original)
+    if plan.source.format in FRAMEWORK_FORMATS:
+        _from_framework(plan, sources, source, original, scratch, progress)
+    else:
+        to_onnx(source, plan.source, original)
     return original
 
 
