@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help demo host-deps venv crds rbac argocd argocd-build test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
+.PHONY: help demo host-deps venv venv-convert crds rbac argocd argocd-build test test-unit test-integration test-e2e lint cluster-build cluster-up cluster-down cluster-status
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed  ## create .venv with every extra installed
 
+venv-convert:  ## the converter venv (.venv-convert): PyTorch, TensorFlow, tf2onnx for the builder's framework tests
+	PYTHON=$(PYTHON) bash hack/converter-env.sh venv .venv-convert
+
 crds: venv  ## regenerate the CRD YAML (crds/ and the chart) from the pydantic models
 	$(PY) -m modelship.api.crd crds charts/modelship/crds
 
@@ -29,7 +32,7 @@ rbac: venv  ## regenerate deploy/rbac.yaml and the chart's RBAC template from mo
 argocd: venv  ## regenerate deploy/argocd/argocd-cm.yaml from the Lua customizations beside it
 	$(PY) hack/argocd_cm.py
 
-test: host-deps venv cluster-build  ## lint and every tier, e2e included (the README's test command; CI runs it)
+test: host-deps venv venv-convert cluster-build  ## lint and every tier, e2e included (the README's test command; CI runs it)
 	$(MAKE) lint
 	$(PYTEST) -m "not e2e"
 	$(PYTEST) -m e2e

@@ -53,8 +53,11 @@ def converter() -> Path:
 
 @pytest.fixture(scope="session")
 def framework_models(converter: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every model of the factory, made once in its own framework."""
-    return make_models(tmp_path_factory.mktemp("framework-models"), *GOOD, *BROKEN)
+    """Every model of the factory, made once in its own framework (and a file of bytes that
+    are no model at all)."""
+    models = make_models(tmp_path_factory.mktemp("framework-models"), *GOOD, *BROKEN)
+    (models / "garbage.tflite").write_bytes(b"these bytes are no flatbuffer" * 8)
+    return models
 
 
 def _plan(
@@ -184,7 +187,8 @@ BROKEN_CASES: list[BrokenCase] = [
     ),
     ("nosig_savedmodel.tar.gz", ModelFormat.TENSORFLOW, {}, "InvalidModel", "no serving signature"),
     ("custom_op.tflite", ModelFormat.TFLITE, {}, "ConversionFailed", "TFL_Erfinv"),
-    ("mlp.keras", ModelFormat.TFLITE, {}, "InvalidModel", "not a TF Lite flatbuffer"),
+    ("garbage.tflite", ModelFormat.TFLITE, {}, "InvalidModel", "not a TF Lite flatbuffer"),
+    ("mlp.keras", ModelFormat.TFLITE, {}, "UnsupportedFormat", "has no .tflite file"),
     ("cnn.pt2", ModelFormat.KERAS, {}, "InvalidModel", "not a loadable Keras model"),
 ]
 
