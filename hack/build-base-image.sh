@@ -14,6 +14,11 @@ MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 key="$(printf 'v1 %s %s %s minbase' "$SUITE" "$INCLUDE" "$MIRROR" | sha256sum | cut -c1-12)"
 tag="modelship-base:$key"
 
+# Image builds may run side by side (CI builds the converter images in the background): one
+# dockerd start and one debootstrap at a time, the others wait and reuse the image.
+mkdir -p "$root/.cache"
+exec 6>"$root/.cache/base-image.lock"
+flock -n 6 || { echo "==> another build of the base image is running; waiting for it" >&2; flock 6; }
 ensure_packages >&2
 ensure_dockerd >&2
 if docker image inspect "$tag" >/dev/null 2>&1; then

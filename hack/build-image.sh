@@ -33,6 +33,11 @@ esac
 tag="${2:-modelship-$what:dev}"
 python="${PYTHON:-$root/.venv/bin/python}"
 
+# One build of an image at a time (CI builds the converter images in the background; the e2e
+# fixture that needs one then waits for that build instead of starting another).
+mkdir -p "$root/.cache"
+exec 9>"$root/.cache/image-build-$what.lock"
+flock -n 9 || { echo "==> another build of $what is running; waiting for it"; flock 9; }
 base="$("$here/build-base-image.sh")"
 context="$root/.cache/image-context/$what"
 # The image depends on the base, the Dockerfile, pyproject.toml (pinned dependencies), README.md

@@ -129,6 +129,10 @@ case "${1:-}" in
   install) (($# == 4)) || die "usage: $0 install FAMILY WHEELDIR VENV"
     install "$2" "$3" "$4" ;;
   venv) (($# == 2)) || die "usage: $0 venv DEST"
+    # One install at a time (CI starts it in the background; `make test` then waits for it).
+    mkdir -p "$root/.cache"
+    exec 8>"$root/.cache/converter-venv.lock"
+    flock -n 8 || { echo "==> another install of $2 is running; waiting for it"; flock 8; }
     venv "$2" ;;
   *) die "usage: $0 download FAMILY WHEELDIR | install FAMILY WHEELDIR VENV | venv DEST" ;;
 esac
