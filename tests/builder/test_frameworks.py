@@ -24,6 +24,7 @@ import pytest
 from framework_helpers import BROKEN, MODELS, converter_python, make_models
 from modelship.api.artifact import MANIFEST_FILE, MODEL_FILE, ArtifactStore, BuildPlan, Manifest
 from modelship.api.v1alpha1 import (
+    AccuracySpec,
     CalibrationSpec,
     ModelFormat,
     ModelSource,
@@ -240,3 +241,33 @@ def test_the_runtime_image_names_the_converter_image_a_framework_format_needs(
     assert caught.value.reason == "ConversionFailed"
     family = "torch" if fmt == ModelFormat.PYTORCH else "tensorflow"
     assert f"MODELSHIP_{family.upper()}_CONVERTER_IMAGE" in caught.value.message
+
+
+def test_a_conversion_outside_the_accuracy_budget_fails_with_the_measured_figure(
+    converter: Path, framework_models: Path, tmp_path: Path
+) -> None:
+    """Float32 rounding differs between TF Lite's kernels and onnxruntime's (about 1e-7): a
+    budget tighter than that fails the build on the real comparison, naming the output."""
+    plan = _plan(
+        (framework_models / "mlp.tflite").as_uri(),
+        ModelFormat.TFLITE,
+        tmp_path / "store",
+        framework_models / "mlp-tflite-samples.npz",
+    )
+    plan = plan.model_copy(
+        update={
+            "optimization": plan.optimization.model_copy(
+                update={"accuracy": AccuracySpec(max_abs_error=1e-12)}
+            )
+        }
+    )
+    code, result, _ = _run_builder(converter, plan, tmp_path)
+    assert code == 1
+    assert result["reason"] == "ConversionMismatch", result
+    message = result["error"]
+    assert "does not compute what the TF Lite (tensorflow 2.21.0) model does" in message
+    assert "exceeds the budget optimization.accuracy.maxAbsError 1e-12" in message
+    assert "output_0: cosine min" in message
+    assert not (tmp_path / "store").exists() or not any(
+        p.name != "index" for p in (tmp_path / "store").iterdir()
+    )
