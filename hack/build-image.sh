@@ -80,8 +80,9 @@ docker tag "$hashed" "$tag"
 if [[ -n "$family" ]]; then
   # GBs each: drop the hashed tags of older builds (other tags stay); those images, the install
   # stage's layers and a previous build that $tag named are then dangling.
-  docker images --format '{{.Tag}}' "modelship-$what" | grep -xE '[0-9a-f]{12}' | grep -vx "$key" \
-    | while read -r old; do docker rmi "modelship-$what:$old" >/dev/null || true; done
+  old_tags="$(docker images --format '{{.Tag}}' "modelship-$what" | grep -xE '[0-9a-f]{12}' \
+    | grep -vx "$key" || true)"
+  for old in $old_tags; do docker rmi "modelship-$what:$old" >/dev/null || true; done
   echo "==> docker image prune: $(docker image prune -f | tail -1)"
 fi
 size="$(docker image inspect -f '{{.Size}}' "$tag")"
