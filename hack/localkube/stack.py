@@ -91,11 +91,6 @@ def helm_install(
         "runtimeImage.repository": runtime_image.split(":")[0],
         "runtimeImage.tag": runtime_image.split(":")[1],
         "runtimeImage.pullPolicy": "Never",
-        **{
-            f"converterImages.{family}.{part}": value
-            for family, tag in CONVERTER_IMAGES.items()
-            for part, value in zip(("repository", "tag"), tag.split(":"), strict=True)
-        },
         # Two operator pods: one leads, one stands by (leader election on a Lease).
         "replicaCount": "2",
         "store.pvc.name": STORE_PVC,
@@ -108,6 +103,11 @@ def helm_install(
     }
     if prometheus_url:
         sets["analysis.prometheus.url"] = prometheus_url
+    if "converterImages:" in (chart / "values.yaml").read_text():  # older charts (the upgrade
+        for family, tag in CONVERTER_IMAGES.items():  # test's) have none, and refuse the key
+            repository, version = tag.split(":")
+            sets[f"converterImages.{family}.repository"] = repository
+            sets[f"converterImages.{family}.tag"] = version
     args = [
         str(helm),
         f"--kubeconfig={cluster.kubeconfig}",
