@@ -30,7 +30,7 @@ def converters(modelship: Cluster) -> Cluster:
     return modelship
 
 
-def _infer(url: str, name: str, x: np.ndarray) -> tuple[str, np.ndarray]:
+def _infer(url: str, name: str, x: np.ndarray) -> np.ndarray:
     body = {"inputs": [{"name": name, "datatype": "FP32", "shape": list(x.shape),
                         "data": x.ravel().tolist()}]}  # fmt: skip
     request = urllib.request.Request(
@@ -38,7 +38,7 @@ def _infer(url: str, name: str, x: np.ndarray) -> tuple[str, np.ndarray]:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         (out,) = json.loads(response.read())["outputs"]
-    return out["name"], np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
 def _build_images(cluster: Cluster, name: str) -> dict[str, str]:
@@ -84,10 +84,10 @@ def test_a_framework_model_is_built_served_and_answers_like_its_framework(
     with np.load(models / f"{kind}.npz") as data:
         inputs, expected = data["inputs"], data["outputs"]
     url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
-    _, served = _infer(url, input_name, inputs)
+    served = _infer(url, input_name, inputs)
     assert served.shape == expected.shape
     assert np.abs(served - expected).max() < TOLERANCE
     assert np.array_equal(served.argmax(1), expected.argmax(1))
     # One row at a time too: the batch dimension is dynamic end to end.
-    _, one = _infer(url, input_name, inputs[3:4])
+    one = _infer(url, input_name, inputs[3:4])
     assert np.abs(one - expected[3:4]).max() < TOLERANCE

@@ -122,19 +122,17 @@ def rename_io(model: onnx.ModelProto, names: dict[str, str]) -> None:
 
 
 def _per_output(
-    names: Sequence[str], reference: list[dict[str, np.ndarray]], onnx_out: list[list[np.ndarray]]
+    names: Sequence[str], reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]
 ) -> list[str]:
     """Per output, the worst cosine and the max abs error over the samples, worst first."""
     figures = []
     for i, name in enumerate(names):
-        worst, err = 1.0, 0.0
-        for ref, got in zip(reference, onnx_out, strict=True):
-            a = np.asarray(ref[name], np.float64).reshape(-1)
-            b = np.asarray(got[i], np.float64).reshape(-1)
-            if a.shape != b.shape:
-                return [f"{name}: shape {list(np.shape(ref[name]))} vs {list(np.shape(got[i]))}"]
-            worst = min(worst, cosine(a, b))
-            err = max(err, max_abs_error(a, b))
+        pairs = [
+            (ref[i].reshape(-1), got[i].reshape(-1))
+            for ref, got in zip(reference, candidate, strict=True)
+        ]
+        worst = min(cosine(a, b) for a, b in pairs)
+        err = max(max_abs_error(a, b) for a, b in pairs)
         figures.append((worst, f"{name}: cosine min {worst:.4f}, max abs error {err:.4g}"))
     return [text for _, text in sorted(figures)]
 
@@ -183,7 +181,7 @@ def verify(
     accuracy = compare(ref, got, spec)
     problem = verdict(accuracy, spec)
     if problem is not None:
-        worst = _per_output(names, reference, [[o[i] for i in floats] for o in onnx_outputs])
+        worst = _per_output(names, ref, got)
         raise BuildError(
             f"the converted ONNX model does not compute what the {converted.framework} model "
             f"does: {problem} (per output, worst first: {'; '.join(worst)}); the exporter "
