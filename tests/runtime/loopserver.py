@@ -22,7 +22,14 @@ import numpy as np
 
 from modelship_runtime.serve.dataplane import DataPlane, ServedModel
 from modelship_runtime.serve.http_server import HttpLimits, HttpServer
-from modelship_runtime.serve.model import DirectPredictor, Feeds, OnnxModel, Outputs, SessionConfig
+from modelship_runtime.serve.model import (
+    DirectPredictor,
+    Feeds,
+    LoopBudget,
+    OnnxModel,
+    Outputs,
+    SessionConfig,
+)
 from modelship_runtime.serve.rest import RestApp
 
 T = TypeVar("T")
@@ -67,7 +74,9 @@ class LoopServer:
     ) -> None:
         self.model = OnnxModel(modelfactory.embedding(tmp / "m.onnx"), SessionConfig(1))
         self.gate = Gate(self.model) if gated else None
-        predictor = self.gate or DirectPredictor(self.model, inline=True)
+        predictor = self.gate or DirectPredictor(
+            self.model, inline=LoopBudget(self.model, 1.0, 1.0)
+        )
         served = ServedModel("m", "1", self.model.inputs, self.model.outputs, predictor)
         self.plane = DataPlane(served)
         self.plane.serving = self.plane.ready = True

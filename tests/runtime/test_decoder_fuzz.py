@@ -25,7 +25,13 @@ from modelship_runtime.serve.dataplane import DataPlane, ServedModel
 from modelship_runtime.serve.errors import InferenceError
 from modelship_runtime.serve.grpc_decoding import decode_request as decode_grpc
 from modelship_runtime.serve.http_server import HttpLimits, HttpServer, _Connection
-from modelship_runtime.serve.model import DirectPredictor, OnnxModel, SessionConfig, TensorInfo
+from modelship_runtime.serve.model import (
+    DirectPredictor,
+    LoopBudget,
+    OnnxModel,
+    SessionConfig,
+    TensorInfo,
+)
 from modelship_runtime.serve.rest import RestApp, request_headers
 from modelship_runtime.serve.rest import decode_request as decode_rest
 from modelship_runtime.serve.tensors import InputBudget, InputLimits, from_bytes, from_json
@@ -75,6 +81,8 @@ SCALARS = (
 )  # fmt: skip
 DEPTHS = st.sampled_from([2, 32, 33, 900, 1000, 1023, 1024, 1500]) | st.integers(1, 1500)
 NESTED = DEPTHS.map(lambda depth: "[" * depth + '"a"' + "]" * depth)
+
+
 def _nested(depth: int) -> object:
     value: object = "a"
     for _ in range(depth):
@@ -156,7 +164,10 @@ HEADERS = st.lists(
 )
 @example(
     body=b'{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":'
-    + b"[" * 1000 + b'"a"' + b"]" * 1000 + b"}]}",
+    + b"[" * 1000
+    + b'"a"'
+    + b"]" * 1000
+    + b"}]}",
     binary=b"",
     header_length=None,
     headers=[],
@@ -310,7 +321,13 @@ def http_app(tmp_path_factory: pytest.TempPathFactory) -> RestApp:
     path = modelfactory.embedding(tmp_path_factory.mktemp("fuzz") / "m.onnx")
     model = OnnxModel(path, SessionConfig(1))
     plane = DataPlane(
-        ServedModel("m", "1", model.inputs, model.outputs, DirectPredictor(model, inline=True)),
+        ServedModel(
+            "m",
+            "1",
+            model.inputs,
+            model.outputs,
+            DirectPredictor(model, inline=LoopBudget(model, 1.0, 1.0)),
+        ),
         LIMITS,
     )
     plane.serving = plane.ready = True

@@ -30,7 +30,7 @@ from loopserver import (
 from modelship_runtime.serve.dataplane import DataPlane, InferRequest, ServedModel
 from modelship_runtime.serve.errors import ErrorKind, InferenceError
 from modelship_runtime.serve.http_server import HttpLimits
-from modelship_runtime.serve.model import DirectPredictor, OnnxModel, SessionConfig
+from modelship_runtime.serve.model import DirectPredictor, LoopBudget, OnnxModel, SessionConfig
 from modelship_runtime.serve.rest import RestApp
 from modelship_runtime.serve.tensors import InputBudget, InputLimits, Tensor
 
@@ -226,21 +226,22 @@ def test_the_in_flight_byte_budget_holds_back_bodies_but_not_probes(
 # --- the data plane and the REST app --------------------------------------------------------
 
 
-def _embedding_plane(tmp_path: Path, inline: bool = True) -> tuple[OnnxModel, DataPlane]:
+def _embedding_plane(
+    tmp_path: Path, latency_ms: float = 1.0, budget_ms: float = 1.0
+) -> tuple[OnnxModel, DataPlane, LoopBudget]:
     model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1))
-    predictor = DirectPredictor(model, inline=inline)
+    budget = LoopBudget(model, latency_ms, budget_ms)
+    predictor = DirectPredictor(model, inline=budget)
     plane = DataPlane(
         ServedModel("m", "1", model.inputs, model.outputs, predictor),
         InputLimits(max_elements=1000, max_bytes=4000),
     )
     plane.serving = plane.ready = True
-    return model, plane
+    return model, plane, budget
 
 
-def test_only_requests_no_larger_than_the_warm_up_input_run_on_the_loop(tmp_path: Path) -> None:
-    """The warm-up latency says how long a call of the warm-up's size blocks the event loop; a
-    request 50 times larger would block it (and every probe) 50 times as long."""
-    model, plane = _embedding_plane(tmp_path, inline=True)
+def _on_loop(model: OnnxModel, plane: DataPlane, shapes: list[tuple[int, int]]) -> list[bool]:
+    """For each request shape, whether its call ran on the event loop thread."""
     threads: list[bool] = []
     original = model.predict
 
@@ -249,16 +250,54 @@ def test_only_requests_no_larger_than_the_warm_up_input_run_on_the_loop(tmp_path
         return original(feeds, output_names)
 
     model.predict = recording  # type: ignore[method-assign]
-    assert model.warm_up_elements == 8  # [1, 8]: batch 1, other dynamic dims 8
 
     async def run() -> None:
-        for rows, sequence in ((1, 8), (50, 8), (1, 3)):
+        for rows, sequence in shapes:
             ids = np.ones((rows, sequence), dtype=np.int64)
             await plane.infer(InferRequest("m", None, [Tensor("ids", "INT64", ids)]))
         await plane.model.predictor.close()
 
     asyncio.run(run())
-    assert threads == [True, False, True]
+    return threads
+
+
+def test_only_calls_the_warm_up_says_are_short_run_on_the_loop(tmp_path: Path) -> None:
+    """The warm-up latency says how long a call of the warm-up's size blocks the event loop; a
+    request 50 times larger would block it (and every probe) 50 times as long. With a 10 ms
+    warm-up and a 100 ms budget, calls up to 10x the warm-up's 8 elements run on the loop."""
+    model, plane, budget = _embedding_plane(tmp_path, latency_ms=10.0, budget_ms=100.0)
+    assert model.warm_up_elements == 8  # [1, 8]: batch 1, other dynamic dims 8
+    assert budget.max_elements == 80
+    shapes = [(1, 8), (50, 8), (10, 8), (11, 8), (1, 3), (5, 16), (4, 21)]
+    assert _on_loop(model, plane, shapes) == [True, False, True, False, True, True, False]
+
+
+def test_a_budget_never_goes_below_the_warm_up_size(tmp_path: Path) -> None:
+    """A model slower than the budget still runs calls of the warm-up's size on the loop (the
+    rule placed it there by that measurement), nothing larger."""
+    model, plane, budget = _embedding_plane(tmp_path, latency_ms=40.0, budget_ms=0.5)
+    assert budget.max_elements == model.warm_up_elements
+    assert _on_loop(model, plane, [(1, 8), (1, 9), (2, 4)]) == [True, False, True]
+
+
+def test_a_call_over_the_budget_sends_its_size_to_the_worker_from_then_on(
+    tmp_path: Path,
+) -> None:
+    """The estimate scales the warm-up linearly; where a model grows faster than that, the call
+    that took longer than the budget lowers the bound below its own size, once."""
+    # 1 ns of budget: every real call takes longer; the estimate admits anything at first.
+    model, plane, budget = _embedding_plane(tmp_path, latency_ms=1e-9, budget_ms=1e-6)
+    assert budget.max_elements > 1000
+    shapes = [(10, 8), (10, 8), (9, 8), (1, 8), (1, 8)]
+    assert _on_loop(model, plane, shapes) == [True, False, True, True, True]
+    assert budget.max_elements == 71  # below the 72 elements of the last call over it
+
+
+def test_bytes_inputs_never_run_on_the_loop(tmp_path: Path) -> None:
+    _, _, budget = _embedding_plane(tmp_path, latency_ms=0.001, budget_ms=50.0)
+    text = {"ids": np.array([["a"]], dtype=object)}
+    assert not budget.admits(text)
+    assert budget.admits({"ids": np.ones((1, 8), dtype=np.int64)})
 
 
 def _post(app: RestApp, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -275,7 +314,7 @@ def _tensor_body(shape: list[int], data: object, datatype: str = "INT64") -> byt
 
 
 def test_oversized_shapes_and_deep_nesting_are_4xx(tmp_path: Path) -> None:
-    _, plane = _embedding_plane(tmp_path)
+    _, plane, _ = _embedding_plane(tmp_path)
     app = RestApp(plane, None, 1 << 20)
     cases = [
         (_tensor_body([0, 2**64 - 1], []), 413, "over the limit of 1000"),
@@ -293,7 +332,7 @@ def test_oversized_shapes_and_deep_nesting_are_4xx(tmp_path: Path) -> None:
 
 
 def test_a_5xx_never_echoes_the_exception(tmp_path: Path) -> None:
-    _, plane = _embedding_plane(tmp_path)
+    _, plane, _ = _embedding_plane(tmp_path)
     app = RestApp(plane, None, 1 << 20)
     code, document = _post(app, _tensor_body([1, 3], [[1, 999, 3]]))
     assert code == 500

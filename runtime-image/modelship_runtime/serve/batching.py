@@ -18,7 +18,7 @@ more CPU per request than one full batch (figures: docs/benchmarks.md).
 A request that is alone in the server (see :data:`~modelship_runtime.serve.model.Alone`: no
 other request or connection on any transport, as ``DataPlane.alone`` decides) cannot be merged
 with anything, so it runs at once on the event loop thread, without the queue and the
-worker-thread hop, when its inputs are no larger than the warm-up's (``OnnxModel.fits_loop``).
+worker-thread hop, when the warm-up says it is short (:class:`~.model.LoopBudget`).
 
 Only requests whose inputs agree beyond the batch dimension are merged. Results are split back
 by row offsets. If a merged call fails, every request in it is retried alone, so one bad request
@@ -40,7 +40,7 @@ import numpy as np
 
 from modelship_runtime.serve.errors import ErrorKind, InferenceError
 from modelship_runtime.serve.metrics import RequestMetrics
-from modelship_runtime.serve.model import Alone, Feeds, OnnxModel, Outputs
+from modelship_runtime.serve.model import Alone, Feeds, LoopBudget, OnnxModel, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ class BatchingPredictor:
         max_batch_size: int,
         max_delay_ms: float,
         metrics: RequestMetrics | None = None,
-        alone: Alone | None = None,
     ) -> None:
         if not model.batchable:
             raise ValueError(
@@ -76,7 +75,9 @@ class BatchingPredictor:
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000
         self.metrics = metrics
-        self.alone = alone
+        self.alone: Alone | None = None
+        self.alone_budget: LoopBudget | None = None
+        """Set by warm-up: a request alone in the server within this budget runs on the loop."""
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ort-batch")
         self._task: asyncio.Task[None] | None = None
@@ -96,12 +97,13 @@ class BatchingPredictor:
         if (
             self._active == 0
             and self.alone is not None
+            and self.alone_budget is not None
             and self.alone()
-            and self.model.fits_loop(feeds)
+            and self.alone_budget.admits(feeds)
         ):
             if self.metrics is not None:
                 self.metrics.observe_batch(rows, [0.0])
-            outputs = self.model.predict(feeds, None)
+            outputs = self.alone_budget.run(feeds, None)
         elif rows > self.max_batch_size or rows == 0:
             outputs = await loop.run_in_executor(self._executor, self.model.predict, feeds, None)
         else:

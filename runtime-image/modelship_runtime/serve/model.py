@@ -72,6 +72,17 @@ class OnnxModel:
     """An onnxruntime CPU session configured for serving."""
 
     def __init__(self, path: Path, config: SessionConfig) -> None:
+        self.path = path
+        self._session = self._open(path, config)
+        self.config = config
+        self.inputs = [_info(node) for node in self._session.get_inputs()]
+        self.outputs = [_info(node) for node in self._session.get_outputs()]
+        self.output_names = [info.name for info in self.outputs]
+        self.warm_up_elements = sum(a.size for a in self.example_feeds(1).values())
+        """Elements of the batch-1 warm-up input, the size its latency was measured at."""
+
+    @staticmethod
+    def _open(path: Path, config: SessionConfig) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = 1
@@ -81,29 +92,25 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         options.log_severity_level = 3
-        self.path = path
-        self.config = config
-        self._session = ort.InferenceSession(
+        return ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        self.inputs = [_info(node) for node in self._session.get_inputs()]
-        self.outputs = [_info(node) for node in self._session.get_outputs()]
-        self.output_names = [info.name for info in self.outputs]
-        self.warm_up_elements = sum(a.size for a in self.example_feeds(1).values())
-        """Elements of the batch-1 warm-up input, the size its latency was measured at."""
 
-    def fits_loop(self, feeds: Feeds) -> bool:
-        """Whether a call on ``feeds`` may run on the event loop thread: only inputs no larger
-        than the warm-up's, since the warm-up latency is all that says how long the loop would
-        be blocked (a request 100 times larger would block it 100 times as long, and the health
-        probes with it). BYTES inputs never do: their element count says nothing of their size.
-        """
+    def reconfigure(self, config: SessionConfig) -> None:
+        """Open the model again with other session options (before serving: not thread-safe)."""
+        if config != self.config:
+            self._session = self._open(self.path, config)
+            self.config = config
+
+    def elements(self, feeds: Feeds) -> int | None:
+        """Elements over all inputs, or None when an input is BYTES: their element count says
+        nothing of their size, so such calls never run on the event loop thread."""
         total = 0
         for array in feeds.values():
             if array.dtype.kind == "O":
-                return False
+                return None
             total += array.size
-        return total <= self.warm_up_elements
+        return total
 
     @property
     def batchable(self) -> bool:
@@ -155,28 +162,75 @@ connection on any transport; see ``DataPlane.alone``): then running it on the ev
 delays nobody."""
 
 
+class LoopBudget:
+    """How large a call may be to run on the event loop thread, which holds every other request
+    and the probes meanwhile: one expected to take at most ``budget_ms``.
+
+    The expectation is the warm-up's: ``latency_ms`` for :attr:`OnnxModel.warm_up_elements`,
+    scaled by elements (a MiniLM request of sequence 16 is twice the warm-up's sequence 8, one of
+    a million elements is a thousand times a small one). A call of the warm-up's size always
+    fits (that is what was measured). Each call run under the budget is timed: one that took
+    longer than the budget lowers the bound below its size, so the estimate can only err once
+    per size, towards the worker thread.
+    """
+
+    __slots__ = ("budget_s", "floor", "max_elements", "model")
+
+    def __init__(self, model: OnnxModel, latency_ms: float, budget_ms: float) -> None:
+        self.model = model
+        self.budget_s = budget_ms / 1000
+        self.floor = model.warm_up_elements
+        scale = budget_ms / latency_ms if latency_ms > 0 else 1.0
+        self.max_elements = max(self.floor, int(self.floor * scale))
+
+    def admits(self, feeds: Feeds) -> bool:
+        elements = self.model.elements(feeds)
+        return elements is not None and elements <= self.max_elements
+
+    def run(self, feeds: Feeds, output_names: Sequence[str] | None) -> Outputs:
+        """The call, on this thread, timed against the budget."""
+        start = time.perf_counter()
+        outputs = self.model.predict(feeds, output_names)
+        if time.perf_counter() - start > self.budget_s:
+            elements = self.model.elements(feeds) or 0
+            if elements > self.floor:
+                self.max_elements = max(self.floor, min(self.max_elements, elements - 1))
+                log.info(
+                    "a call of %d input elements held the event loop longer than %.1f ms: "
+                    "calls over %d elements go to the worker thread",
+                    elements, self.budget_s * 1000, self.max_elements,
+                )  # fmt: skip
+        return outputs
+
+
 class DirectPredictor:
     """One model call per request, serialised on a single worker thread (or run inline).
 
     One thread, not a pool: onnxruntime already spreads a call over ``intra_op_threads``;
-    concurrent calls would only fight over the same cores. Inline mode skips the thread hop for
-    models that finish faster than the hop costs; with ``alone`` set, a request that is the only
-    one in the server skips it too (the hop costs ~0.1 ms of a few-ms call), while concurrent
-    requests still queue for the worker in arrival order and the loop keeps parsing. Either
-    shortcut applies only to inputs no larger than the warm-up's (:meth:`OnnxModel.fits_loop`).
+    concurrent calls would only fight over the same cores. Inline mode (``inline``, a
+    :class:`LoopBudget`) runs calls on the event loop for models that finish faster than the hop
+    costs; with ``alone`` set, a request that is the only one in the server skips the hop too
+    (it costs ~0.1 ms of a few-ms call) within ``alone_budget``, while concurrent requests still
+    queue for the worker in arrival order and the loop keeps parsing. Warm-up sets these.
     """
 
-    def __init__(self, model: OnnxModel, inline: bool = False, alone: Alone | None = None) -> None:
+    def __init__(self, model: OnnxModel, inline: LoopBudget | None = None) -> None:
         self.model = model
         self.inline = inline
-        self.alone = alone
+        self.alone: Alone | None = None
+        self.alone_budget: LoopBudget | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ort")
 
     async def predict(self, feeds: Feeds, output_names: Sequence[str] | None) -> Outputs:
-        if (self.inline or (self.alone is not None and self.alone())) and self.model.fits_loop(
-            feeds
+        if self.inline is not None and self.inline.admits(feeds):
+            return self.inline.run(feeds, output_names)
+        if (
+            self.alone is not None
+            and self.alone_budget is not None
+            and self.alone()
+            and self.alone_budget.admits(feeds)
         ):
-            return self.model.predict(feeds, output_names)
+            return self.alone_budget.run(feeds, output_names)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.model.predict, feeds, output_names)
 

@@ -30,7 +30,7 @@ class ServeSettings(BaseSettings, ServingConfig, DownloadConfig):
         description="Let onnxruntime's threads spin between operators instead of sleeping. "
         "They spin only while requests run and briefly after, never when idle; turn it off "
         "to trade requests/s at low concurrency for less CPU per request "
-        "(figures: docs/benchmarks.md).",
+        "(figures: docs/benchmarks.md). Models faster than inline_threshold_ms never spin.",
     )
     graph_optimization: Literal["disabled", "basic", "extended", "all"] = Field(
         default="all", description="onnxruntime graph optimization level at session start."
@@ -42,14 +42,18 @@ class ServeSettings(BaseSettings, ServingConfig, DownloadConfig):
         default=0.5,
         ge=0,
         description="Models faster than this (median warm-up latency) always run on the event "
-        "loop thread; slower ones on a worker thread so the loop keeps accepting requests.",
+        "loop thread; slower ones on a worker thread so the loop keeps accepting requests. "
+        "Only calls expected to take less than this (the warm-up latency scaled by input "
+        "elements) run there.",
     )
     inline_alone_threshold_ms: float = Field(
         default=50.0,
         ge=0,
         description="Models faster than this run a request on the event loop thread when the "
         "data plane sees no other request or connection (it skips the worker-thread hop and, "
-        "batched, the batch queue). The loop is busy that long, so keep it well below the "
+        "batched, the batch queue), if the call is expected to take less than this (the "
+        "warm-up latency scaled by input elements). The loop is busy that long, so keep it "
+        "well below the "
         "probes' timeouts. 0 = off. Transports that cannot count their connections (uvicorn) "
         "turn it off.",
     )
