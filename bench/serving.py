@@ -270,8 +270,12 @@ class Server:
     start: Callable[[Path, int, Path], subprocess.Popen[bytes]]
 
 
-def ours(batch_delay_ms: float | None) -> Callable[[Path, int, Path], subprocess.Popen[bytes]]:
-    """Our server; batching (at most 32, this window) unless ``batch_delay_ms`` is None."""
+def ours(
+    batch_delay_ms: float | None, tree: Path | None = None
+) -> Callable[[Path, int, Path], subprocess.Popen[bytes]]:
+    """Our server; batching (at most 32, this window) unless ``batch_delay_ms`` is None. With
+    ``tree`` (a checkout of another commit, ``--baseline``) its code runs instead of this one's,
+    in the same interpreter and venv."""
 
     def start(model: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
         model_dir = work / f"ours-{hashlib.sha256(str(model).encode()).hexdigest()[:8]}"
@@ -301,7 +305,12 @@ def ours(batch_delay_ms: float | None) -> Callable[[Path, int, Path], subprocess
         ]
         if batch_delay_ms is not None:
             args += ["--max-batch-size", "32", "--max-delay-ms", str(batch_delay_ms)]
-        return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        env = None
+        if tree is not None:  # PYTHONPATH comes before the venv's editable install of this tree
+            env = {**os.environ, "PYTHONPATH": f"{tree / 'runtime-image'}:{tree / 'operator'}"}
+        return subprocess.Popen(
+            args, cwd=tree or REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
 
     return start
 
@@ -624,6 +633,12 @@ def main() -> int:
         default="ours,ours-batch,mlserver,mlserver-batch,kserve,triton,triton-batch",
         help="comma-separated, run in this order in every repeat",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="GITREF",
+        help="also serve with our server at this commit (servers base, base-batch: add them to "
+        "--servers); ours is then reported against it, repeat by repeat",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/serving.json")
     parser.add_argument(
         "--summarize",
@@ -662,6 +677,18 @@ def main() -> int:
         "triton": Server("triton", triton(args.triton_python, None)),
         "triton-batch": Server("triton-batch", triton(args.triton_python, delay)),
     }
+    if args.baseline:
+        tree = work / "baseline"
+        tree.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", args.baseline], cwd=REPO, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        servers["base"] = Server("base", ours(None, tree))
+        servers["base-batch"] = Server("base-batch", ours(delay, tree))
+    unknown = set(args.servers.split(",")) - servers.keys()
+    if unknown:
+        parser.error(f"unknown servers {sorted(unknown)} (base and base-batch need --baseline)")
     chosen_cases = [cases[c] for c in args.models.split(",")]
     chosen_servers = [servers[s] for s in args.servers.split(",")]
 
@@ -758,6 +785,15 @@ def summarize_case(raw: dict[str, Any], case: str) -> dict[str, Any]:
                     figures["vs_unbatched"] = summarize(
                         [fig["req_per_s"] / run[concurrency]["req_per_s"] for fig, run in pairs]
                     )
+            base = servers.get(name.replace("ours", "base")) if name.startswith("ours") else None
+            if base is not None:  # this tree against --baseline, within each repeat
+                pairs = [(fig, base[i]) for i, fig in done if base[i] is not None]
+                figures["vs_base"] = summarize(
+                    [fig["req_per_s"] / run[concurrency]["req_per_s"] for fig, run in pairs]
+                )
+                figures["cpu_vs_base"] = summarize(
+                    [fig["cpu_s_per_req"] / run[concurrency]["cpu_s_per_req"] for fig, run in pairs]
+                )
             if peer_ratios and name not in PEERS:
                 figures["vs_best_peer"] = summarize(peer_ratios)
                 # What a server running exactly at the in-process batch-32 limit would score.
@@ -799,6 +835,23 @@ def report(summary: dict[str, Any]) -> str:
                 f"{figures['p50_ms']['median']:.2f} | {_spread(figures['p99_ms'], '.1f')} | "
                 f"{1000 * figures['cpu_s_per_req']['median']:.2f} |"
             )
+    against = [
+        (case, key, figures)
+        for case, entry in summary.items()
+        for key, figures in entry.items()
+        if "vs_base" in figures
+    ]
+    if against:
+        lines += [
+            "\n### Against --baseline (ours / base, per repeat)\n",
+            "| case | server@c | req/s ratio (min-max) | CPU ms/req ratio (min-max) |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {case} | {key} | {_spread(figures['vs_base'], '.3f')} | "
+            f"{_spread(figures['cpu_vs_base'], '.3f')} |"
+            for case, key, figures in against
+        ]
     return "\n".join(lines)
 
 
