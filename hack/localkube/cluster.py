@@ -310,6 +310,12 @@ class Cluster:
         if same.stdout.strip():
             log(f"{image} already on the node")
             return
+        if images.ctr("images", "list", "-q", f"name=={name}").stdout.strip():
+            # An older build under this name: removed first, with a synchronous garbage
+            # collection, or its layers (GBs for the converter images) would stay in the cache
+            # for good, one more set with every build a reused machine loads.
+            images.ctr("images", "rm", "--sync", name)
+            log(f"removed the older {image} from the node")
         started = time.monotonic()
         log(f"loading {image} into the node's containerd")
         with subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE) as save:
