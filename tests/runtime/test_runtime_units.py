@@ -14,7 +14,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from modelship.api.artifact import TensorStats
-from modelship_runtime.serve.app import _build_predictors, _warm_up
 from modelship_runtime.serve.batching import BatchingPredictor
 from modelship_runtime.serve.cli import parse_settings
 from modelship_runtime.serve.cpu import cgroup_cpu_limit, default_threads
@@ -22,9 +21,14 @@ from modelship_runtime.serve.dataplane import DataPlane, InferRequest, ServedMod
 from modelship_runtime.serve.errors import ErrorKind, InferenceError
 from modelship_runtime.serve.http_server import HttpServer
 from modelship_runtime.serve.metrics import DriftMonitor, RequestMetrics
-from modelship_runtime.serve.model import DirectPredictor, LoopBudget, OnnxModel, SessionConfig
+from modelship_runtime.serve.model import (
+    DirectPredictor,
+    LoopBudget,
+    OnnxModel,
+    SessionConfig,
+    unspin_if_tiny,
+)
 from modelship_runtime.serve.rest import RestApp
-from modelship_runtime.serve.settings import ServeSettings
 from modelship_runtime.serve.tensors import Tensor, from_bytes, from_json, to_bytes
 
 LABELS = {"model": "m", "revision": "7c41d9e2b3"}
@@ -426,26 +430,16 @@ def test_another_open_http_connection_means_a_request_is_not_alone(tmp_path: Pat
 
 
 @pytest.mark.parametrize(("threshold_ms", "spinning"), [(50.0, False), (0.0, True)])
-def test_warm_up_turns_spinning_off_for_a_tiny_model(
+def test_a_tiny_model_is_opened_again_without_spinning(
     tmp_path: Path, threshold_ms: float, spinning: bool
 ) -> None:
     """A model faster than the inline threshold is opened again without spinning (its calls end
     before spinning pays off, and the spinning thread takes the event loop's core); a slower
     one keeps the configured spinning."""
     model = OnnxModel(modelfactory.embedding(tmp_path / "m.onnx"), SessionConfig(1, True))
-    settings = ServeSettings(model_name="m", inline_threshold_ms=threshold_ms, warmup_runs=2)
-    stack = _build_predictors(model, None, settings, RequestMetrics(CollectorRegistry(), "m"),
-                              CollectorRegistry())  # fmt: skip
-
-    async def run() -> float | None:
-        try:
-            return await _warm_up(model, settings, stack, asyncio.Event())
-        finally:
-            await stack.predictor.close()
-
-    latency_ms = asyncio.run(run())
-    assert latency_ms is not None
+    latency_ms = model.warm_up(2)
     assert latency_ms < 50.0  # this embedding model takes microseconds
+    assert unspin_if_tiny(model, latency_ms, threshold_ms) is not spinning
     assert model.config.allow_spinning is spinning
     ids = np.ones((2, 5), dtype=np.int64)
     assert model.predict({"ids": ids})[0].shape[0] == 2  # the new session serves

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -43,6 +43,7 @@ from modelship_runtime.serve.model import (
     OnnxModel,
     Predictor,
     SessionConfig,
+    unspin_if_tiny,
 )
 from modelship_runtime.serve.rest import RestApp
 from modelship_runtime.serve.settings import ServeSettings
@@ -267,12 +268,8 @@ async def _warm_up(
     if stop.is_set():
         return None
     latency_ms: float = await warm
-    if latency_ms < settings.inline_threshold_ms and model.config.allow_spinning:
-        # A tiny model's call is over before spinning could pay off, and a spinning pool thread
-        # takes the core the event loop needs (MLP batched at c=32: +15-26 % req/s without it).
-        await loop.run_in_executor(
-            None, model.reconfigure, replace(model.config, allow_spinning=False)
-        )
+    tiny = settings.inline_threshold_ms
+    if await loop.run_in_executor(None, unspin_if_tiny, model, latency_ms, tiny):
         latency_ms = await loop.run_in_executor(None, model.warm_up, settings.warmup_runs, sizes)
         log.info("warm-up median %.3f ms: a tiny model, onnxruntime's spinning turned off",
                  latency_ms)  # fmt: skip

@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -146,6 +146,17 @@ class OnnxModel:
                 if batch == batch_sizes[0]:
                     timings.append((time.perf_counter() - start) * 1000)
         return statistics.median(timings)
+
+
+def unspin_if_tiny(model: OnnxModel, latency_ms: float, threshold_ms: float) -> bool:
+    """Open a model whose warm-up median is under ``threshold_ms`` again without onnxruntime's
+    spinning; returns whether it did. Its calls end before spinning could pay off, and the
+    spinning pool thread takes the core the event loop and the clients need (the MLP batched at
+    c=32: +21 % req/s, 0.45x the CPU per request; docs/benchmarks.md)."""
+    if latency_ms >= threshold_ms or not model.config.allow_spinning:
+        return False
+    model.reconfigure(replace(model.config, allow_spinning=False))
+    return True
 
 
 class Predictor(Protocol):
