@@ -16,6 +16,7 @@ import pytest
 from e2e_models import CREATED, SMALL, delete_what_the_test_created  # noqa: F401
 from framework_helpers import MODELS, make_models
 from localkube import Cluster, stack
+from localkube.load import wait_until_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -30,11 +31,14 @@ def converters(modelship: Cluster) -> Cluster:
     return modelship
 
 
-def _infer(url: str, name: str, x: np.ndarray) -> np.ndarray:
-    body = {"inputs": [{"name": name, "datatype": "FP32", "shape": list(x.shape),
+def _body(name: str, x: np.ndarray) -> dict[str, Any]:
+    return {"inputs": [{"name": name, "datatype": "FP32", "shape": list(x.shape),
                         "data": x.ravel().tolist()}]}  # fmt: skip
+
+
+def _infer(url: str, name: str, x: np.ndarray) -> np.ndarray:
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        url, data=json.dumps(_body(name, x)).encode(), headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         (out,) = json.loads(response.read())["outputs"]
@@ -84,6 +88,9 @@ def test_a_framework_model_is_built_served_and_answers_like_its_framework(
     with np.load(models / f"{kind}.npz") as data:
         inputs, expected = data["inputs"], data["outputs"]
     url = f"{stack.service_url(cluster, NS, name)}/v2/models/{name}/infer"
+    # Ready says the pod is; kube-proxy routes the Service to it a moment later (until then a
+    # connection is refused).
+    wait_until_serving(url, json.dumps(_body(input_name, inputs[:1])))
     served = _infer(url, input_name, inputs)
     assert served.shape == expected.shape
     assert np.abs(served - expected).max() < TOLERANCE
@@ -91,3 +98,9 @@ def test_a_framework_model_is_built_served_and_answers_like_its_framework(
     # One row at a time too: the batch dimension is dynamic end to end.
     one = _infer(url, input_name, inputs[3:4])
     assert np.abs(one - expected[3:4]).max() < TOLERANCE
+    pods = json.loads(cluster.kubectl(
+        "get", "pods", "-n", NS, "-l", f"modelship.io/deployment={name}", "-o", "json"
+    ).stdout)["items"]  # fmt: skip
+    restarts = {p["metadata"]["name"]: [c["restartCount"] for c in p["status"]["containerStatuses"]]
+                for p in pods}  # fmt: skip
+    assert all(n == 0 for counts in restarts.values() for n in counts), restarts

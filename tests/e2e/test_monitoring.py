@@ -188,6 +188,30 @@ def _check_operator_labels(base: str, name: str) -> None:
     )
 
 
+def _rolled_back(owner: str, window: str) -> str:
+    series = f'modelship_operator_canary_releases_total{{{owner}, outcome="rolled_back"}}'
+    return f"max_over_time({series}{window})"
+
+
+def _counted_rollbacks(base: str, owner: str) -> float:
+    found = _query(base, f"sum({_rolled_back(owner, '[15m]')})")
+    return float(found[0]["value"][1]) if found else 0.0
+
+
+def _restarts(cluster: Cluster) -> dict[str, Any]:
+    """Each operator pod's container restarts and why the last one ended (for messages)."""
+    pods = json.loads(
+        cluster.kubectl("get", "pods", "-n", stack.OPERATOR_NAMESPACE, "-o", "json").stdout
+    )["items"]
+    return {
+        p["metadata"]["name"]: [
+            (c.get("restartCount"), (c.get("lastState") or {}).get("terminated", {}).get("reason"))
+            for c in p["status"].get("containerStatuses", [])
+        ]
+        for p in pods
+    }
+
+
 def _firing(base: str, alertname: str, name: str) -> dict[str, Any] | None:
     for alert in _get(base, "/api/v1/alerts")["data"]["alerts"]:
         labels = alert["labels"]
@@ -231,14 +255,21 @@ def test_dashboard_queries_return_data_and_a_rollback_fires_its_alert(
     owner = f'namespace="{NS}", name="{name}"'
     weight = _query(prom, f"max_over_time(modelship_operator_canary_weight{{{owner}}}[15m])")
     assert float(weight[0]["value"][1]) == STEP_WEIGHT, "the step's weight was scraped"
-    rolled_back = _query(
-        prom, f'sum(modelship_operator_canary_releases_total{{{owner}, outcome="rolled_back"}})'
+    # Counted once, by the replica that led: each operator pod's highest value over the
+    # release (a counter restarts at 0 with its process), summed over the pods.
+    counted = _until(
+        "the rollback counted in a scrape", 60,
+        lambda: _counted_rollbacks(prom, owner) or None,
+    )  # fmt: skip
+    assert counted == 1, (
+        f"rollbacks counted {counted} times, per series "
+        f"{_query(prom, _rolled_back(owner, '[15m]'))}; operator pods {_restarts(modelship)}"
     )
-    assert float(rolled_back[0]["value"][1]) == 1
     alert = _until(
         "ModelshipCanaryRolledBack firing", 120,
         lambda: _firing(prom, "ModelshipCanaryRolledBack", name),
     )  # fmt: skip
-    print(f"{name}: {alert['labels']} {alert['annotations']['summary']}", file=sys.stderr)
+    print(f"{name}: {alert['labels']} {alert['annotations']['summary']}; operator pods "
+          f"(restarts, last reason): {_restarts(modelship)}", file=sys.stderr)  # fmt: skip
     assert alert["labels"]["severity"] == "warning"
     assert f"{NS}/{name} was rolled back" in alert["annotations"]["summary"]
