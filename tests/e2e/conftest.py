@@ -7,9 +7,10 @@ Dockerfiles (cached by input hash) and loaded into the node before the chart is 
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,53 @@ def modelship(node_cluster: Cluster) -> Cluster:
     stack.build_and_load_images(node_cluster)
     stack.helm_install(node_cluster, namespaces=["default", stack.E2E_NAMESPACE])
     return node_cluster
+
+
+OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
+LOG_LINES = 60
+
+
+def _cluster_state(cluster: Cluster) -> str:
+    """What a failed e2e test leaves for whoever reads CI's output: every pod, the operator
+    pods' restarts and log tails (the previous container's too, after a restart), and the
+    latest Events of the test namespace. Best effort: a broken cluster must not hide the test's
+    own failure."""
+    parts = []
+
+    def run(*args: str) -> str:
+        done = cluster.kubectl(*args, check=False, timeout=30)
+        return (done.stdout or "") + (done.stderr or "")
+
+    parts.append(run("get", "pods", "-A", "-o", "wide"))
+    listed = run("get", "pods", "-n", stack.OPERATOR_NAMESPACE, "-l", OPERATOR_SELECTOR,
+                 "-o", "json")  # fmt: skip
+    try:
+        pods = json.loads(listed)["items"]
+    except ValueError:
+        pods = []
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        restarts = sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
+        logs = ["logs", "-n", stack.OPERATOR_NAMESPACE, name, f"--tail={LOG_LINES}"]
+        parts.append(f"--- operator pod {name}: {restarts} restarts; last {LOG_LINES} log lines")
+        parts.append(run(*logs))
+        if restarts:
+            parts.append(f"--- {name}, the container before its last restart")
+            parts.append(run(*logs, "--previous"))
+    parts.append(f"--- latest Events in {stack.E2E_NAMESPACE}")
+    parts.append(run("get", "events", "-n", stack.E2E_NAMESPACE, "--sort-by=.lastTimestamp"))
+    return "\n".join(parts)[-30000:]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    cluster = getattr(item, "funcargs", {}).get("modelship")
+    if report.when == "call" and report.failed and isinstance(cluster, Cluster):
+        try:
+            report.sections.append(("cluster state at the failure", _cluster_state(cluster)))
+        except Exception as e:  # diagnostics only
+            report.sections.append(("cluster state at the failure", f"not read: {e}"))
+    return report
