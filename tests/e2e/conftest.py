@@ -63,6 +63,7 @@ def modelship(node_cluster: Cluster) -> Cluster:
 
 OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
 LOG_LINES = 60
+EVENT_LINES = 40
 
 
 def _cluster_state(cluster: Cluster) -> str:
@@ -92,9 +93,10 @@ def _cluster_state(cluster: Cluster) -> str:
         if restarts:
             parts.append(f"--- {name}, the container before its last restart")
             parts.append(run(*logs, "--previous"))
-    parts.append(f"--- latest Events in {stack.E2E_NAMESPACE}")
-    parts.append(run("get", "events", "-n", stack.E2E_NAMESPACE, "--sort-by=.lastTimestamp"))
-    return "\n".join(parts)[-30000:]
+    events = run("get", "events", "-n", stack.E2E_NAMESPACE, "--sort-by=.lastTimestamp")
+    parts.insert(1, f"--- latest {EVENT_LINES} Events in {stack.E2E_NAMESPACE}")
+    parts.insert(2, "\n".join(events.splitlines()[-EVENT_LINES:]))
+    return "\n".join(parts)[:40000]
 
 
 @pytest.hookimpl(wrapper=True)

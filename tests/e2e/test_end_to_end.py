@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from e2e_models import SMALL
 from localkube import Cluster, stack
+from localkube.load import wait_until_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -59,15 +60,24 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _infer(url: str, model: str, x: np.ndarray) -> np.ndarray:
-    body = {
+def _body(x: np.ndarray) -> dict[str, Any]:
+    return {
         "inputs": [
             {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
         ]
     }
+
+
+def _routed(url: str, model: str, x: np.ndarray) -> None:
+    """Ready says the pods are; kube-proxy routes the Service to them a moment later (a
+    connection is refused until then): the first request of a test waits for that."""
+    wait_until_serving(f"{url}/v2/models/{model}/infer", json.dumps(_body(x)))
+
+
+def _infer(url: str, model: str, x: np.ndarray) -> np.ndarray:
     request = urllib.request.Request(
         f"{url}/v2/models/{model}/infer",
-        data=json.dumps(body).encode(),
+        data=json.dumps(_body(x)).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -114,7 +124,9 @@ def test_build_serve_and_infer_equals_onnxruntime(
     assert obj["status"]["artifact"]["variant"] == "fp32"
     assert len(_jobs(modelship, "mlp")) == 1, "exactly one build Job"
     x = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
-    served = _infer(stack.service_url(modelship, NS, "mlp"), "mlp", x)
+    url = stack.service_url(modelship, NS, "mlp")
+    _routed(url, "mlp", x)
+    served = _infer(url, "mlp", x)
     local = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
         0
     ]
@@ -152,6 +164,7 @@ def test_deleting_a_pod_under_load_loses_no_request(
     assert obj["status"]["readyReplicas"] == 2
     url = stack.service_url(modelship, NS, "mlp-ha")
     x = np.ones((1, 16), dtype=np.float32)
+    _routed(url, "mlp-ha", x)
     expected = _infer(url, "mlp-ha", x)
     stop = threading.Event()
     outcomes: list[str] = []
@@ -296,6 +309,7 @@ def test_hpa_scales_out_under_load_and_back_in(modelship: Cluster, mlp: tuple[Pa
     stack.wait_for(modelship, NS, "mlp-hpa", stack.is_ready, "Ready", 600)
     url = stack.service_url(modelship, NS, "mlp-hpa")
     x = np.ones((1, 16), dtype=np.float32)
+    _routed(url, "mlp-hpa", x)
     stop = threading.Event()
 
     def load() -> None:
