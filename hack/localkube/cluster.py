@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -304,7 +305,7 @@ class Cluster:
             text=True,
             check=True,
         ).stdout.strip()
-        name = image if "/" in image.split(":")[0] else f"docker.io/library/{image}"
+        name = _qualified(image)
         label = "modelship.io/docker-id"
         same = images.ctr("images", "list", "-q", f'name=={name},labels."{label}"=={image_id}')
         if same.stdout.strip():
@@ -333,6 +334,22 @@ class Cluster:
             raise RuntimeError(f"docker save {image} failed")
         images.ctr("images", "label", name, f"{label}={image_id}")
         log(f"loaded {image} in {time.monotonic() - started:.1f}s")
+
+    def prune_content_tags(self, keep: str) -> list[str]:
+        """Remove from the node the other content tags (``<repository>:<12 hex>``) of ``keep``'s
+        repository that no container uses: one per build, each holding its own layers (~450 MB
+        for the runtime), they would otherwise pile up in the node's cache on a reused machine.
+        Returns the removed names."""
+        assert self.state is not None
+        assert self.state.node
+        images = node.Images(node.NodeFiles(self.directory).socket)
+        listed = images.ctr("images", "list", "-q").stdout.decode().split()
+        used = images.ctr("containers", "list").stdout.decode().split()
+        stale = stale_content_tags(listed, _qualified(keep), set(used))
+        if stale:
+            images.ctr("images", "rm", "--sync", *stale)
+            log(f"removed {len(stale)} older content tags of {keep.split(':')[0]} from the node")
+        return stale
 
     def spawn(
         self,
@@ -675,3 +692,25 @@ def _terminate(pid: int, name: str, directory: Path) -> None:
         while _alive(pid):
             time.sleep(0.05)
     log(f"stopped {name} (pid {pid})")
+
+
+CONTENT_TAG = re.compile(r"[0-9a-f]{12}")
+
+
+def _qualified(image: str) -> str:
+    """The name containerd stores a Docker Hub style short name under."""
+    return image if "/" in image.split(":")[0] else f"docker.io/library/{image}"
+
+
+def stale_content_tags(listed: Sequence[str], keep: str, used: set[str]) -> list[str]:
+    """The images in ``listed`` of ``keep``'s repository tagged like a content tag, other than
+    ``keep`` and those in ``used`` (images of containers)."""
+    repository = keep.rsplit(":", 1)[0]
+    return [
+        name
+        for name in listed
+        if name != keep
+        and name not in used
+        and name.rsplit(":", 1)[0] == repository
+        and CONTENT_TAG.fullmatch(name.rsplit(":", 1)[-1])
+    ]

@@ -55,6 +55,7 @@ def build_and_load_images(cluster: Cluster) -> None:
         log(f"image {tag} ({content_tag}) ready in {time.monotonic() - started:.0f}s")
         cluster.load_docker_image(tag)
         cluster.load_docker_image(content_tag)
+        cluster.prune_content_tags(content_tag)
 
 
 def build_and_load_converter_images(cluster: Cluster) -> None:
