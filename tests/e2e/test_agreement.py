@@ -160,8 +160,12 @@ def test_a_faithful_version_is_promoted_after_a_shadow_step_that_serves_no_clien
     modelship: Cluster, models: Models
 ) -> None:
     name = "agree-shadow"
+    # The shadow step's pause outlasts its first passing analysis by far, so the test sees it
+    # at step 0 (the step moves on as soon as both the pause and the analysis allow; on a slow
+    # machine mirroring started 12 s into a 15 s pause, and the pass and the next step came in
+    # one reconcile).
     rollout = _rollout(
-        [{"weight": 0, "mirror": 100, "pause": "15s"}, {"weight": 50, "pause": "10s"}],
+        [{"weight": 0, "mirror": 100, "pause": "45s"}, {"weight": 50, "pause": "10s"}],
         **AGREEMENT,
     )
     _first_revision(modelship, name, _spec(models, "v1", rollout))
