@@ -105,6 +105,26 @@ def infer_url(cluster: Cluster, name: str) -> str:
     return url
 
 
+def pod_restarts(
+    cluster: Cluster, namespace: str, selector: str
+) -> dict[str, list[tuple[int, str | None]]]:
+    """Each pod's containers, as (restarts, why the last one ended), of the pods ``selector``
+    picks in ``namespace``."""
+    pods = json.loads(cluster.kubectl(
+        "get", "pods", "-n", namespace, "-l", selector, "-o", "json"
+    ).stdout)["items"]  # fmt: skip
+    return {
+        p["metadata"]["name"]: [
+            (
+                c.get("restartCount", 0),
+                ((c.get("lastState") or {}).get("terminated") or {}).get("reason"),
+            )
+            for c in p["status"].get("containerStatuses", [])
+        ]
+        for p in pods
+    }
+
+
 def pod_metrics(cluster: Cluster, name: str) -> list[tuple[str, str]]:
     """(revision, /metrics text) of every running serving pod of ModelDeployment ``name``."""
     pods = json.loads(cluster.kubectl(

@@ -7,7 +7,6 @@ Dockerfiles (cached by input hash) and loaded into the node before the chart is 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Generator, Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e_models import pod_restarts
 from localkube import Cluster, stack
 from localkube.cluster import STATE_FILE
 
@@ -61,7 +61,7 @@ def modelship(node_cluster: Cluster) -> Cluster:
     return node_cluster
 
 
-OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
+OPERATORS = "app.kubernetes.io/component=operator"
 LOG_LINES = 60
 EVENT_LINES = 40
 
@@ -71,31 +71,25 @@ def _cluster_state(cluster: Cluster) -> str:
     pods' restarts and log tails (the previous container's too, after a restart), and the
     latest Events of the test namespace. Best effort: a broken cluster must not hide the test's
     own failure."""
-    parts = []
 
     def run(*args: str) -> str:
         done = cluster.kubectl(*args, check=False, timeout=30)
         return (done.stdout or "") + (done.stderr or "")
 
-    parts.append(run("get", "pods", "-A", "-o", "wide"))
-    listed = run("get", "pods", "-n", stack.OPERATOR_NAMESPACE, "-l", OPERATOR_SELECTOR,
-                 "-o", "json")  # fmt: skip
-    try:
-        pods = json.loads(listed)["items"]
-    except ValueError:
-        pods = []
-    for pod in pods:
-        name = pod["metadata"]["name"]
-        restarts = sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
+    events = run("get", "events", "-n", stack.E2E_NAMESPACE, "--sort-by=.lastTimestamp")
+    parts = [
+        run("get", "pods", "-A", "-o", "wide"),
+        f"--- latest {EVENT_LINES} Events in {stack.E2E_NAMESPACE}",
+        "\n".join(events.splitlines()[-EVENT_LINES:]),
+    ]
+    for name, containers in pod_restarts(cluster, stack.OPERATOR_NAMESPACE, OPERATORS).items():
+        restarts = sum(n for n, _ in containers)
         logs = ["logs", "-n", stack.OPERATOR_NAMESPACE, name, f"--tail={LOG_LINES}"]
         parts.append(f"--- operator pod {name}: {restarts} restarts; last {LOG_LINES} log lines")
         parts.append(run(*logs))
         if restarts:
             parts.append(f"--- {name}, the container before its last restart")
             parts.append(run(*logs, "--previous"))
-    events = run("get", "events", "-n", stack.E2E_NAMESPACE, "--sort-by=.lastTimestamp")
-    parts.insert(1, f"--- latest {EVENT_LINES} Events in {stack.E2E_NAMESPACE}")
-    parts.insert(2, "\n".join(events.splitlines()[-EVENT_LINES:]))
     return "\n".join(parts)[:40000]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from e2e_models import CREATED, SMALL, delete_what_the_test_created  # noqa: F401
+from e2e_models import CREATED, SMALL, delete_what_the_test_created, pod_restarts  # noqa: F401
 from framework_helpers import MODELS, make_models
 from localkube import Cluster, stack
 from localkube.load import wait_until_serving
@@ -98,9 +98,5 @@ def test_a_framework_model_is_built_served_and_answers_like_its_framework(
     # One row at a time too: the batch dimension is dynamic end to end.
     one = _infer(url, input_name, inputs[3:4])
     assert np.abs(one - expected[3:4]).max() < TOLERANCE
-    pods = json.loads(cluster.kubectl(
-        "get", "pods", "-n", NS, "-l", f"modelship.io/deployment={name}", "-o", "json"
-    ).stdout)["items"]  # fmt: skip
-    restarts = {p["metadata"]["name"]: [c["restartCount"] for c in p["status"]["containerStatuses"]]
-                for p in pods}  # fmt: skip
-    assert all(n == 0 for counts in restarts.values() for n in counts), restarts
+    restarts = pod_restarts(cluster, NS, f"modelship.io/deployment={name}")
+    assert all(n == 0 for counts in restarts.values() for n, _ in counts), restarts

@@ -33,7 +33,7 @@ import yaml
 import dashboard
 from canary_models import BAD_X, GOOD_X, calibration_rows, canary_model
 from chart_helpers import rule_groups
-from e2e_models import SMALL
+from e2e_models import SMALL, pod_restarts
 from localkube import Cluster, prometheus, stack
 from localkube.load import HeyLoad, infer_body, wait_until_serving
 
@@ -43,6 +43,7 @@ NS = stack.E2E_NAMESPACE
 RULES_CONFIGMAP = ("kube-system", "prometheus-rules")
 RULE_GROUPS = {"modelship.slo", "modelship.alerts"}
 STEP_WEIGHT = 50
+OPERATORS = "app.kubernetes.io/component=operator"
 T = TypeVar("T")
 
 
@@ -198,18 +199,8 @@ def _counted_rollbacks(base: str, owner: str) -> float:
     return float(found[0]["value"][1]) if found else 0.0
 
 
-def _restarts(cluster: Cluster) -> dict[str, Any]:
-    """Each operator pod's container restarts and why the last one ended (for messages)."""
-    pods = json.loads(
-        cluster.kubectl("get", "pods", "-n", stack.OPERATOR_NAMESPACE, "-o", "json").stdout
-    )["items"]
-    return {
-        p["metadata"]["name"]: [
-            (c.get("restartCount"), (c.get("lastState") or {}).get("terminated", {}).get("reason"))
-            for c in p["status"].get("containerStatuses", [])
-        ]
-        for p in pods
-    }
+def _operators(cluster: Cluster) -> dict[str, list[tuple[int, str | None]]]:
+    return pod_restarts(cluster, stack.OPERATOR_NAMESPACE, OPERATORS)
 
 
 def _firing(base: str, alertname: str, name: str) -> dict[str, Any] | None:
@@ -257,19 +248,18 @@ def test_dashboard_queries_return_data_and_a_rollback_fires_its_alert(
     assert float(weight[0]["value"][1]) == STEP_WEIGHT, "the step's weight was scraped"
     # Counted once, by the replica that led: each operator pod's highest value over the
     # release (a counter restarts at 0 with its process), summed over the pods.
-    counted = _until(
-        "the rollback counted in a scrape", 60,
-        lambda: _counted_rollbacks(prom, owner) or None,
-    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (counted := _counted_rollbacks(prom, owner)) and time.monotonic() < deadline:
+        time.sleep(2)  # until a scrape after the count (Prometheus polls the operator)
     assert counted == 1, (
         f"rollbacks counted {counted} times, per series "
-        f"{_query(prom, _rolled_back(owner, '[15m]'))}; operator pods {_restarts(modelship)}"
+        f"{_query(prom, _rolled_back(owner, '[15m]'))}; operator pods {_operators(modelship)}"
     )
     alert = _until(
         "ModelshipCanaryRolledBack firing", 120,
         lambda: _firing(prom, "ModelshipCanaryRolledBack", name),
     )  # fmt: skip
     print(f"{name}: {alert['labels']} {alert['annotations']['summary']}; operator pods "
-          f"(restarts, last reason): {_restarts(modelship)}", file=sys.stderr)  # fmt: skip
+          f"(restarts, last reason): {_operators(modelship)}", file=sys.stderr)  # fmt: skip
     assert alert["labels"]["severity"] == "warning"
     assert f"{NS}/{name} was rolled back" in alert["annotations"]["summary"]
