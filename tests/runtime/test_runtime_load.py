@@ -162,9 +162,13 @@ def test_fuzzed_binary_bodies_never_get_5xx(
 
 def test_sigterm_under_load_loses_no_request(tmp_path: Path, start_server: Any) -> None:
     """Requests in flight at SIGTERM all succeed; readiness turns false; the process exits 0."""
+    # 4x the default depth: the 16 calls take seconds one after another, so they pile up
+    # however fast the server parses and however slowly the clients send (CI once saw the
+    # default model keep up with them and never had 8 in flight).
     srv: ServerProcess = start_server(
-        modelfactory.slow(tmp_path / "slow"), "--drain-delay-s", "1", "--drain-deadline-s", "60"
-    )
+        modelfactory.slow(tmp_path / "slow", layers=240),
+        "--drain-delay-s", "1", "--drain-deadline-s", "60",
+    )  # fmt: skip
     x = np.ones((16, 1024), np.float32).tolist()
     body = {"inputs": [{"name": "x", "shape": [16, 1024], "datatype": "FP32", "data": x}]}
 
@@ -177,6 +181,9 @@ def test_sigterm_under_load_loses_no_request(tmp_path: Path, start_server: Any) 
         deadline = time.monotonic() + 90  # 16 large JSON bodies on a busy 2-core machine
         while srv.metric("modelship_requests_in_flight") < clients // 2:
             assert time.monotonic() < deadline, "requests never reached the server"
+            assert not all(f.done() for f in futures), (
+                f"all {clients} requests finished before {clients // 2} were in flight at once"
+            )
         srv.proc.send_signal(signal.SIGTERM)
         while httpx.get(f"{srv.rest}/v2/health/ready", timeout=5).status_code != 503:
             assert time.monotonic() < deadline, "readiness never turned false"
